@@ -1,0 +1,86 @@
+"""The contract every data-set adapter fulfils: a layout on disk -> a list of 2D items with masks.
+
+An item is one 2D image (a slice or a whole image) with its mask files; `patient` groups items for
+splitting (never split a patient) and for per-patient metrics (3D Dice over all of a patient's slices).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import MedsegError
+
+
+@dataclass(frozen=True)
+class Item:
+    image: Path
+    masks: tuple[Path, ...]
+    patient: str  # split and metric unit
+    index: int = 0  # slice position within the patient (0 for single images)
+    meta: dict = field(default_factory=dict, hash=False, compare=False)  # subgroup data, e.g. {"class": "benign"}
+
+
+@dataclass
+class DataSet:
+    root: Path
+    layout: str
+    channels: int  # input channels the layout carries (LGG: 3, BUSI: 1)
+    items: list[Item]
+    unit: str = "case"  # "patient" for slice data sets, "case" for single images
+    stratify_key: str | None = None  # meta key with a class to keep balanced across the split
+
+    @property
+    def patients(self) -> list[str]:
+        return sorted({it.patient for it in self.items})
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str
+    description: str
+    detect: Callable[[Path], bool]
+    load: Callable[[Path], DataSet]
+    generic: bool = False  # generic layouts are used only when no specific one matches
+
+
+_REGISTRY: dict[str, Adapter] = {}
+
+
+def register(adapter: Adapter) -> Adapter:
+    _REGISTRY[adapter.name] = adapter
+    return adapter
+
+
+def adapters() -> dict[str, Adapter]:
+    return dict(_REGISTRY)
+
+
+def load_dataset(root: str | Path, layout: str = "auto") -> DataSet:
+    """Detect (or take) the layout of `root` and read its items; bad input raises MedsegError."""
+    root = Path(root)
+    if not root.exists():
+        raise MedsegError(root, "data folder not found")
+    if not root.is_dir():
+        raise MedsegError(root, "expected a data folder, got a file")
+    if not any(root.iterdir()):
+        raise MedsegError(root, "data folder is empty")
+    if layout != "auto":
+        if layout not in _REGISTRY:
+            raise MedsegError(None, f"unknown format {layout!r}; known: auto, {', '.join(sorted(_REGISTRY))}")
+        return _checked(_REGISTRY[layout].load(root))
+    specific = [a for a in _REGISTRY.values() if not a.generic and a.detect(root)]
+    if len(specific) > 1:
+        raise MedsegError(root, f"matches several layouts ({', '.join(a.name for a in specific)}): pass --format")
+    found = specific or [a for a in _REGISTRY.values() if a.generic and a.detect(root)]
+    if not found:
+        known = "; ".join(f"{a.name}: {a.description}" for a in _REGISTRY.values())
+        raise MedsegError(root, f"unknown layout, no known data set found here (known layouts: {known})")
+    return _checked(found[0].load(root))
+
+
+def _checked(ds: DataSet) -> DataSet:
+    if not ds.items:
+        raise MedsegError(ds.root, f"no image/mask pairs found for layout {ds.layout!r}")
+    return ds

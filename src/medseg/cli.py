@@ -1,0 +1,92 @@
+"""The `medseg` command: each verb parses its arguments and calls one API function.
+
+Bad input ends in one line `error: <file>: <problem>` and exit code 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import MedsegError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, evaluate and apply U-Nets on medical image data sets in their published layouts.")
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    """medseg: one command each to train, evaluate and predict."""
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("runs/demo"), help="Output folder (data, run, predictions)."),
+         time_budget: str = typer.Option("150s", help="Training wall-clock budget.")) -> None:
+    """Generate a small synthetic data set, train, evaluate, predict and write a report."""
+    from .demo import run_demo
+    from .train import parse_duration
+    run_demo(out, time_budget_s=parse_duration(time_budget))
+
+
+@app.command()
+def train(data: Path = typer.Argument(..., help="Data set folder in its published layout."),
+          out: Path = typer.Option(..., "--out", help="Run folder to create."),
+          format: str = typer.Option("auto", "--format", help="Layout: auto, lgg, busi, folder."),
+          epochs: Optional[int] = typer.Option(None, help="Stop after this many epochs."),
+          time_budget: Optional[str] = typer.Option(None, help="Wall-clock budget, e.g. 20m (default 20m, "
+                                                    "or none when --epochs is given)."),
+          val_fraction: float = typer.Option(0.2, help="Share of patients/cases held out for validation."),
+          seed: int = typer.Option(0, help="Seed for the split, the initialisation and the augmentation."),
+          image_size: Optional[int] = typer.Option(None, help="Training size (square); default from the plan."),
+          batch_size: Optional[int] = typer.Option(None, help="Batch size; default from the plan."),
+          lr: Optional[float] = typer.Option(None, help="Peak learning rate; default from the plan.")) -> None:
+    """Train a U-Net: split by patient, keep RUN/best and RUN/last, log to RUN/log.csv."""
+    from .train import parse_duration, train as run_train
+    run_train(data, out, format, epochs, parse_duration(time_budget) if time_budget else None, val_fraction, seed,
+              image_size, batch_size, lr)
+
+
+@app.command()
+def evaluate(run: Path = typer.Argument(..., help="Run folder (from medseg train)."),
+             data: Optional[Path] = typer.Argument(None, help="Data to evaluate on; default: the training data."),
+             split: Optional[str] = typer.Option(None, help="val or all (default: val on the training data, "
+                                                 "all on other data)."),
+             format: Optional[str] = typer.Option(None, "--format", help="Layout of DATA (default: detect)."),
+             tta: bool = typer.Option(False, help="Average with left-right flipped predictions.")) -> None:
+    """Score a run: RUN/eval/metrics.json, cases.csv, slices.csv and report.html."""
+    from .evaluate import evaluate as run_evaluate
+    run_evaluate(run, data, split, format, tta)
+
+
+@app.command()
+def predict(run: Path = typer.Argument(..., help="Run folder (from medseg train)."),
+            inputs: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+            out: Path = typer.Option(..., "--out", help="Folder for the masks."),
+            tta: bool = typer.Option(False, help="Average with left-right flipped predictions.")) -> None:
+    """Write one mask per image: OUT/<relative path>.png, uint8 0/255, at the image's own size."""
+    from .predict import predict_files
+    predict_files(run, inputs, out, tta)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = (["--debug"] if debug else []) + [a for a in argv if a != "--debug"]
+    try:
+        app(args=argv, prog_name="medseg")
+    except MedsegError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # a bug, not bad input: still no traceback unless asked for
+        if debug:
+            raise
+        print(f"error: unexpected {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)

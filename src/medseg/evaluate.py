@@ -1,0 +1,168 @@
+"""Run + data -> `RUN/eval/`: metrics.json, cases.csv (per patient/case), slices.csv, report.html.
+
+Metrics are computed at each image's own resolution. For slice data sets (LGG) the case is the patient
+and its Dice is the 3D Dice over all of its slices, as Buda et al. report it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from scipy import ndimage
+
+from . import metrics
+from .adapters import load_dataset
+from .errors import MedsegError, atomic_path
+from .imageio import read_image, read_mask
+from .predict import Predictor
+from .report import render_report, write_report
+
+console = Console(stderr=True)
+
+
+def evaluate(run: str | Path, data: str | Path | None = None, split: str | None = None,
+             layout: str | None = None, tta: bool = False, quiet: bool = False) -> dict:
+    run = Path(run)
+    predictor = Predictor.load(run, tta=tta)
+    plan = predictor.plan
+    data = Path(data) if data else Path(plan["data"])
+    same = data.resolve() == Path(plan["data"]).resolve()
+    split = split or ("val" if same else "all")
+    if split not in ("val", "all"):
+        raise MedsegError(None, f"--split must be 'val' or 'all', got {split!r}")
+    ds = load_dataset(data, layout or (plan["layout"] if same else "auto"))
+    wanted = set(plan["split"]["val"]) if split == "val" else set(ds.patients)
+    items = [it for it in ds.items if it.patient in wanted]
+    if not items:
+        raise MedsegError(data, f"no cases of the {split!r} split found in this data")
+
+    per_case: dict[str, dict] = defaultdict(lambda: {"tp": 0, "fp": 0, "fn": 0, "n": 0})
+    slices, shown = [], {}
+    with Progress(console=console, disable=quiet, transient=True) as bar:
+        task = bar.add_task(f"evaluating {len(items)} images", total=len(items))
+        for it in items:
+            img = read_image(it.image, plan["channels"])
+            gt = read_mask(list(it.masks), img.shape[1:])
+            pred = predictor.mask(img)
+            c = metrics.counts(pred, gt)
+            per_case[it.patient] = metrics.add(per_case[it.patient], c)
+            slices.append({"case": it.patient, "image": str(it.image), "slice": it.index,
+                           "gt_pixels": int(gt.sum()), "pred_pixels": int(pred.sum()), **metrics.scores(c)})
+            area = int(gt.sum()) * 4 + int(pred.sum())  # the slice that best shows the case
+            if area >= shown.get(it.patient, (-1,))[0]:
+                shown[it.patient] = (area, img, gt, pred, it.index)
+            bar.advance(task)
+
+    group_key = ds.stratify_key
+    group_of = {it.patient: str(it.meta.get(group_key, "")) for it in items} if group_key else {}
+    cases = []
+    for case, c in sorted(per_case.items()):
+        row = {"case": case}
+        if group_key:
+            row["group"] = group_of[case]
+        row.update(metrics.scores(c))
+        row.update({"gt_pixels": c["fn"] + c["tp"], "pred_pixels": c["tp"] + c["fp"],
+                    "images": sum(1 for s in slices if s["case"] == case)})
+        cases.append(row)
+    lesion = [r for r in cases if r["gt_pixels"] > 0]
+    empty = [r for r in cases if r["gt_pixels"] == 0]
+    result = {
+        "data": str(data.resolve()), "layout": ds.layout, "split": split, "unit": ds.unit,
+        "checkpoint_epoch": plan.get("epoch"), "threshold": plan["threshold"], "tta": tta,
+        "level": "patient: 3D Dice over all slices" if ds.unit == "patient" else "case: Dice of the 2D image",
+        "empty_policy": metrics.EMPTY_POLICY,
+        "n_cases": len(cases), "n_lesion_cases": len(lesion), "n_empty_cases": len(empty),
+        "dice": metrics.summarize([r["dice"] for r in lesion]),
+        "iou": metrics.summarize([r["iou"] for r in lesion]),
+        "precision": metrics.summarize([r["precision"] for r in lesion]),
+        "recall": metrics.summarize([r["recall"] for r in lesion]),
+        "dice_all_cases": metrics.summarize([r["dice"] for r in cases]),
+        "empty_cases_predicted_empty": (sum(r["pred_pixels"] == 0 for r in empty) / len(empty)) if empty else None,
+        "by_group": {g: metrics.summarize([r["dice"] for r in lesion if r.get("group") == g])
+                     for g in sorted({r.get("group") for r in cases if r.get("group")})},
+    }
+    _write_outputs(run / "eval", result, cases, slices, shown, run)
+    if not quiet:
+        _print_summary(result)
+    return result
+
+
+def overlay(img: np.ndarray, gt: np.ndarray, pred: np.ndarray, max_side: int = 320) -> np.ndarray:
+    """RGB uint8 picture: the image, ground-truth outline green, prediction outline red."""
+    rgb = img if img.shape[0] == 3 else np.repeat(img, 3, axis=0)
+    rgb = (np.moveaxis(rgb, 0, -1) * 255).clip(0, 255).astype(np.uint8).copy()
+    for mask, color in ((gt, (0, 255, 0)), (pred, (255, 40, 40))):
+        edge = mask & ~ndimage.binary_erosion(mask, iterations=max(1, max(mask.shape) // 256))
+        rgb[edge] = color
+    step = max(1, int(np.ceil(max(rgb.shape[:2]) / max_side)))
+    return rgb[::step, ::step]
+
+
+def _write_outputs(folder: Path, result: dict, cases: list[dict], slices: list[dict], shown: dict, run: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    for name, rows in (("cases.csv", cases), ("slices.csv", slices)):
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        with atomic_path(folder / name) as tmp:
+            tmp.write_text(buf.getvalue())
+    ranked = sorted((r for r in cases if r["gt_pixels"] > 0), key=lambda r: r["dice"]) or cases
+    picks = {"worst": ranked[0], "median": ranked[len(ranked) // 2], "best": ranked[-1]}
+    pics = []
+    for label, r in picks.items():
+        _, img, gt, pred, index = shown[r["case"]]
+        pics.append((f"{label}: {r['case']} (slice {index}) Dice {r['dice']:.3f}", overlay(img, gt, pred)))
+    for r in cases[:24]:
+        if r not in picks.values():
+            _, img, gt, pred, index = shown[r["case"]]
+            pics.append((f"{r['case']} Dice {r['dice']:.3f}", overlay(img, gt, pred)))
+    log_rows = []
+    if (run / "log.csv").is_file():
+        with (run / "log.csv").open(newline="") as f:
+            log_rows = list(csv.DictReader(f))
+    d = result["dice"]
+    summary = {"Data": result["data"], "Layout": result["layout"], "Split": f"{result['split']} ({result['n_cases']} {result['unit']}s)",
+               "Level": result["level"], "Lesion cases": result["n_lesion_cases"],
+               "Dice mean (lesion cases)": d.get("mean"), "Dice median": d.get("median"),
+               "Dice IQR": f"{d.get('q1', float('nan')):.3f} to {d.get('q3', float('nan')):.3f}",
+               "Dice 95% CI of mean": f"{d.get('ci95_low', float('nan')):.3f} to {d.get('ci95_high', float('nan')):.3f}",
+               "IoU mean": result["iou"].get("mean"), "Precision mean": result["precision"].get("mean"),
+               "Recall mean": result["recall"].get("mean"), "Dice mean (all cases)": result["dice_all_cases"].get("mean"),
+               "Empty cases": result["n_empty_cases"],
+               "Empty cases predicted empty": result["empty_cases_predicted_empty"],
+               "Threshold": result["threshold"], "Checkpoint epoch": result["checkpoint_epoch"]}
+    for g, s in result["by_group"].items():
+        summary[f"Dice mean, {g}"] = s.get("mean")
+    html_text = render_report(f"medseg evaluation: {run.name}", summary, cases, pics, log_rows,
+                              [metrics.EMPTY_POLICY, "Headline Dice is over cases with a non-empty ground truth. "
+                               + ("Per patient: true/false positives summed over all slices (3D Dice)."
+                                  if result["unit"] == "patient" else "Per image, at the image's own size.")])
+    write_report(folder / "report.html", html_text)
+
+
+def _print_summary(result: dict) -> None:
+    t = Table(title=f"{result['layout']} · split {result['split']} · {result['level']}")
+    for col in ("metric", "mean", "median", "q1", "q3", "n"):
+        t.add_column(col, justify="right" if col != "metric" else "left")
+    for key in ("dice", "iou", "precision", "recall", "dice_all_cases"):
+        s = result[key]
+        if s.get("n"):
+            t.add_row(key, *(f"{s[k]:.3f}" for k in ("mean", "median", "q1", "q3")), str(s["n"]))
+    for g, s in result["by_group"].items():
+        if s.get("n"):
+            t.add_row(f"dice [{g}]", *(f"{s[k]:.3f}" for k in ("mean", "median", "q1", "q3")), str(s["n"]))
+    Console().print(t)
+    if result["n_empty_cases"]:
+        Console().print(f"{result['n_empty_cases']} cases with empty ground truth: "
+                        f"{result['empty_cases_predicted_empty']:.0%} predicted empty (not in the headline Dice)")

@@ -1,0 +1,87 @@
+"""Shared fixtures: the real data in ../shared (skipped with a reason where absent) and replicas that
+tests write themselves in the exact native layouts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+SHARED = Path(os.environ.get("MEDSEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+LGG = SHARED / "lgg-kaggle_3m-dev" / "kaggle_3m"
+BUSI = SHARED / "busi-dev" / "Dataset_BUSI_with_GT"
+
+
+def need(path: Path) -> Path:
+    if not path.is_dir():
+        pytest.skip(f"real data not available: {path} is absent (see ../shared/data/README.md)")
+    return path
+
+
+@pytest.fixture
+def lgg_real() -> Path:
+    return need(LGG)
+
+
+@pytest.fixture
+def busi_real() -> Path:
+    return need(BUSI)
+
+
+def blob(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.hypot(yy - cy, xx - cx) < r
+
+
+def write_lgg_replica(root: Path, patients: int = 3, slices: int = 5, size: int = 64, compress: bool = False) -> Path:
+    """kaggle_3m layout: <case>/<case>_<n>.tif (HxWx3 uint8) + <case>_<n>_mask.tif (0/255), unpadded numbers."""
+    rng = np.random.default_rng(1)
+    for p in range(patients):
+        case = f"TCGA_XX_{1000 + p}_2001010{p}"
+        (root / case).mkdir(parents=True)
+        for n in range(1, slices + 1):
+            mask = blob(size, size, size / 2, size / 2, size / 6 * (n % 3)) if n % 3 else np.zeros((size, size), bool)
+            img = (rng.integers(0, 60, (size, size, 3)) + 150 * mask[..., None]).astype(np.uint8)
+            kw = {"compression": "zlib"} if compress else {}
+            tifffile.imwrite(root / case / f"{case}_{n}.tif", img, **kw)
+            tifffile.imwrite(root / case / f"{case}_{n}_mask.tif", (mask * 255).astype(np.uint8), **kw)
+    return root
+
+
+def write_busi_replica(root: Path, per_class: int = 3, size: tuple[int, int] = (45, 52)) -> Path:
+    """Dataset_BUSI_with_GT layout with RGB images and masks as 1-bit, 8-bit grey and RGB PNGs."""
+    h, w = size
+    rng = np.random.default_rng(2)
+    for cls in ("benign", "malignant", "normal"):
+        (root / cls).mkdir(parents=True)
+        for n in range(1, per_class + 1):
+            stem = f"{cls} ({n})"
+            mask = np.zeros((h, w), bool) if cls == "normal" else blob(h, w, h / 2, w / 2, 8 + n)
+            grey = (rng.integers(60, 200, (h, w)) * (1 - 0.6 * mask)).astype(np.uint8)
+            Image.fromarray(np.stack([grey] * 3, -1)).save(root / cls / f"{stem}.png")
+            m8 = (mask * 255).astype(np.uint8)
+            kind = n % 3
+            if kind == 0:
+                Image.fromarray(m8).convert("1").save(root / cls / f"{stem}_mask.png")
+            elif kind == 1:
+                Image.fromarray(m8).save(root / cls / f"{stem}_mask.png")
+            else:
+                Image.fromarray(np.stack([m8] * 3, -1)).save(root / cls / f"{stem}_mask.png")
+        if cls == "benign":  # a second lesion in its own file: the target is the union
+            second = blob(h, w, 6, 6, 4)
+            Image.fromarray((second * 255).astype(np.uint8)).save(root / cls / "benign (1)_mask_1.png")
+    return root
+
+
+@pytest.fixture
+def lgg_replica(tmp_path) -> Path:
+    return write_lgg_replica(tmp_path / "kaggle_3m")
+
+
+@pytest.fixture
+def busi_replica(tmp_path) -> Path:
+    return write_busi_replica(tmp_path / "Dataset_BUSI_with_GT")

@@ -1,0 +1,35 @@
+"""Splits are by patient (never by slice), stratified by class, and reproducible."""
+
+from __future__ import annotations
+
+import pytest
+
+from medseg.adapters import load_dataset
+from medseg.errors import MedsegError
+from medseg.plan import make_plan, split_patients
+
+from conftest import write_busi_replica, write_lgg_replica
+
+
+def test_lgg_split_keeps_patients_whole(tmp_path):
+    ds = load_dataset(write_lgg_replica(tmp_path / "k", patients=5, slices=4))
+    train, val = split_patients(ds, 0.2, seed=0)
+    assert set(train).isdisjoint(val) and set(train) | set(val) == set(ds.patients) and len(val) == 1
+    assert split_patients(ds, 0.2, seed=0) == (train, val)
+    assert split_patients(ds, 0.2, seed=1) != (train, val) or len(ds.patients) < 3
+
+
+def test_busi_split_is_stratified(tmp_path):
+    ds = load_dataset(write_busi_replica(tmp_path / "b", per_class=5))
+    plan = make_plan(ds, 0.4, seed=3)
+    val = plan["split"]["val"]
+    assert sorted(p.split(" ")[0] for p in val) == ["benign"] * 2 + ["malignant"] * 2 + ["normal"] * 2
+
+
+def test_split_errors(tmp_path):
+    ds = load_dataset(write_lgg_replica(tmp_path / "k", patients=1, slices=2))
+    with pytest.raises(MedsegError, match="validation"):
+        split_patients(ds, 0.2, 0)
+    with pytest.raises(MedsegError, match="val-fraction"):
+        split_patients(ds, 1.5, 0)
+    assert split_patients(ds, 0.0, 0) == (ds.patients, [])
