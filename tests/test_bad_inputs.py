@@ -94,3 +94,22 @@ def test_real_process_has_no_traceback_but_debug_shows_it(tmp_path):
     assert plain.returncode == 2 and "Traceback" not in plain.stderr and plain.stderr.startswith("error: ")
     debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_predict_with_one_corrupt_image_writes_nothing(tmp_path, capsys):
+    from medseg.train import train
+    root = write_busi_replica(tmp_path / "Dataset_BUSI_with_GT")
+    train(root, tmp_path / "run", epochs=1, image_size=32, quiet=True)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for src in sorted((root / "benign").glob("benign (?).png")):
+        (inputs / src.name).write_bytes(src.read_bytes())
+    (inputs / "zz broken.png").write_bytes(b"not a png at all")
+    out = tmp_path / "masks"
+    code, err = run_cli(capsys, "predict", str(tmp_path / "run"), str(inputs), "--out", str(out))
+    assert code == 2 and "zz broken.png" in err and "cannot read image" in err
+    assert not out.exists()
+    (inputs / "zz broken.png").unlink()
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(tmp_path / "run"), str(inputs), "--out", str(out)])
+    assert e.value.code == 0 and len(list(out.glob("*.png"))) == 3 and not list(out.glob(".*"))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,15 +70,30 @@ def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, tt
     predictor = Predictor.load(run, tta=tta)
     todo = collect_inputs([Path(p) for p in inputs])
     out = Path(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    # Masks go to a staging folder first and move into place only when every input succeeded, so a
+    # failed run leaves the output folder as it was.
+    staging = Path(tempfile.mkdtemp(prefix=".medseg-predict-", dir=out))
     written = []
-    with Progress(console=console, disable=quiet, transient=True) as bar:
-        task = bar.add_task("predicting", total=len(todo))
-        for path, stem in todo:
-            mask = predictor.mask(read_image(path, predictor.plan["channels"]))
-            target = out / f"{stem}.png"
-            write_mask_png(target, mask)
-            written.append(target)
-            bar.advance(task)
+    try:
+        with Progress(console=console, disable=quiet, transient=True) as bar:
+            task = bar.add_task("predicting", total=len(todo))
+            for path, stem in todo:
+                mask = predictor.mask(read_image(path, predictor.plan["channels"]))
+                write_mask_png(staging / f"{stem}.png", mask)
+                written.append(Path(f"{stem}.png"))
+                bar.advance(task)
+        for rel in written:
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / rel, out / rel)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    written = [out / rel for rel in written]
     if not quiet:
         console.print(f"wrote {len(written)} masks to {out}")
     return written
