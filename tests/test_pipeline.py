@@ -27,22 +27,24 @@ def run_cli(*args: str) -> int:
     return 0
 
 
+def _tiny_run(tmp_path_factory, data, name):
+    """One epoch at 32x32 on real data: checks plumbing, not accuracy."""
+    from conftest import need
+    out = tmp_path_factory.mktemp("runs") / name
+    train(need(data), out, epochs=1, image_size=32, batch_size=8, quiet=True)
+    return out
+
+
 @pytest.fixture(scope="module")
 def lgg_run(tmp_path_factory):
-    from conftest import LGG, need
-    root = need(LGG)
-    out = tmp_path_factory.mktemp("runs") / "lgg"
-    train(root, out, epochs=1, image_size=32, batch_size=8, quiet=True)
-    return out
+    from conftest import LGG
+    return _tiny_run(tmp_path_factory, LGG, "lgg")
 
 
 @pytest.fixture(scope="module")
 def busi_run(tmp_path_factory):
-    from conftest import BUSI, need
-    root = need(BUSI)
-    out = tmp_path_factory.mktemp("runs") / "busi"
-    train(root, out, epochs=1, image_size=32, batch_size=8, quiet=True)
-    return out
+    from conftest import BUSI
+    return _tiny_run(tmp_path_factory, BUSI, "busi")
 
 
 def test_checkpoint_is_safetensors_with_config(tmp_path, busi_replica):

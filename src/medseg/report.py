@@ -12,8 +12,6 @@ import base64
 import html
 import io
 import math
-
-
 from pathlib import Path
 
 import matplotlib
