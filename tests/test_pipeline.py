@@ -109,3 +109,9 @@ def test_evaluate_real_lgg_is_per_patient(lgg_run):
 @pytest.mark.parametrize("text,seconds", [("20m", 1200), ("90s", 90), ("1h30m", 5400), ("45", 45)])
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("verb", [None, "demo", "train", "evaluate", "predict"])
+def test_every_verb_has_help(verb, capsys):
+    assert run_cli(*([verb] if verb else []), "--help") == 0
+    assert "Usage" in capsys.readouterr().out

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 from scipy import ndimage
@@ -161,7 +162,7 @@ def _print_summary(result: dict) -> None:
             t.add_row(key, *(f"{s[k]:.3f}" for k in ("mean", "median", "q1", "q3")), str(s["n"]))
     for g, s in result["by_group"].items():
         if s.get("n"):
-            t.add_row(f"dice [{g}]", *(f"{s[k]:.3f}" for k in ("mean", "median", "q1", "q3")), str(s["n"]))
+            t.add_row(escape(f"dice [{g}]"), *(f"{s[k]:.3f}" for k in ("mean", "median", "q1", "q3")), str(s["n"]))
     Console().print(t)
     if result["n_empty_cases"]:
         Console().print(f"{result['n_empty_cases']} cases with empty ground truth: "
