@@ -123,7 +123,8 @@ def _write_outputs(folder: Path, result: dict, cases: list[dict], slices: list[d
     pics = []
     for label, r in picks.items():
         _, img, gt, pred, index = shown[r["case"]]
-        pics.append((f"{label}: {r['case']} (slice {index}) Dice {r['dice']:.3f}", overlay(img, gt, pred)))
+        where = f" (slice {index})" if result["unit"] == "patient" else ""
+        pics.append((f"{label}: {r['case']}{where} Dice {r['dice']:.3f}", overlay(img, gt, pred)))
     for r in cases[:24]:
         if r not in picks.values():
             _, img, gt, pred, index = shown[r["case"]]
@@ -144,7 +145,8 @@ def _write_outputs(folder: Path, result: dict, cases: list[dict], slices: list[d
                "Empty cases predicted empty": result["empty_cases_predicted_empty"],
                "Threshold": result["threshold"], "Checkpoint epoch": result["checkpoint_epoch"]}
     for g, s in result["by_group"].items():
-        summary[f"Dice mean, {g}"] = s.get("mean")
+        if s.get("n"):
+            summary[f"Dice mean, {g} ({s['n']})"] = s["mean"]
     html_text = render_report(f"medseg evaluation: {run.name}", summary, cases, pics, log_rows,
                               [metrics.EMPTY_POLICY, "Headline Dice is over cases with a non-empty ground truth. "
                                + ("Per patient: true/false positives summed over all slices (3D Dice)."
