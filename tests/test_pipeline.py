@@ -115,3 +115,12 @@ def test_parse_duration(text, seconds):
 def test_every_verb_has_help(verb, capsys):
     assert run_cli(*([verb] if verb else []), "--help") == 0
     assert "Usage" in capsys.readouterr().out
+
+
+def test_train_without_validation_keeps_last_as_best(tmp_path, lgg_replica, capsys):
+    out = tmp_path / "run"
+    train(lgg_replica, out, epochs=1, image_size=32, val_fraction=0.0, quiet=True)
+    assert (out / "best" / "model.safetensors").is_file() and (out / "last" / "model.safetensors").is_file()
+    assert run_cli("evaluate", str(out)) == 2  # no validation split to score: a clear error, not a crash
+    assert "no cases of the 'val' split" in capsys.readouterr().err
+    assert run_cli("evaluate", str(out), "--split", "all") == 0
