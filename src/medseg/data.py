@@ -7,6 +7,7 @@ than the forward pass on a CPU.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +56,7 @@ def sample_indices(masks: torch.Tensor, n: int, lesion_fraction: float, rng: np.
     return drawn
 
 
-def batches(arrays: Arrays, indices: np.ndarray, batch_size: int, augment) -> "iter[tuple[torch.Tensor, torch.Tensor]]":
+def batches(arrays: Arrays, indices: np.ndarray, batch_size: int, augment) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield augmented (image float32, label float32) batches for the given sample indices."""
     for start in range(0, len(indices) - batch_size + 1, batch_size):
         xs, ys = [], []
