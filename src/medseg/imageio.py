@@ -51,12 +51,8 @@ def _read_raw(path: Path) -> np.ndarray:
 def read_image(path: Path, channels: int) -> np.ndarray:
     """Read an image as float32 CxHxW in [0, 1] with `channels` channels (1: grey, 3: RGB)."""
     arr = _read_raw(Path(path))
-    if arr.dtype == bool:
-        scale = 1.0
-    elif np.issubdtype(arr.dtype, np.integer):
-        scale = float(np.iinfo(arr.dtype).max)
-    else:
-        scale = 1.0
+    # integers scale by their type's range; bool (1-bit images) and floats are already in [0, 1]
+    scale = float(np.iinfo(arr.dtype).max) if np.issubdtype(arr.dtype, np.integer) else 1.0
     arr = arr.astype(np.float32) / scale
     if not np.isfinite(arr).all():
         raise MedsegError(path, "image contains NaN or Inf values")

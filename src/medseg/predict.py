@@ -88,11 +88,11 @@ def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, tt
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / rel, out / rel)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
-    shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     written = [out / rel for rel in written]
     if not quiet:
         console.print(f"wrote {len(written)} masks to {out}")
