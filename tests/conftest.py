@@ -16,6 +16,12 @@ LGG = SHARED / "lgg-kaggle_3m-dev" / "kaggle_3m"
 BUSI = SHARED / "busi-dev" / "Dataset_BUSI_with_GT"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Tests share one preprocessed-array cache of their own, never the user's ~/.cache/medseg."""
+    os.environ["MEDSEG_CACHE"] = str(tmp_path_factory.mktemp("medseg-cache"))
+
+
 def need(path: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"real data not available: {path} is absent (see ../shared/data/README.md)")

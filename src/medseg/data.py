@@ -1,14 +1,23 @@
-"""Items -> arrays in memory at the training size, and the training sample stream.
+"""Items -> arrays at the training size (through an on-disk cache), and the training sample stream.
 
 Data sets of these workflows (hundreds to a few thousand 2D images) fit in memory once resized, so
-they are read once, resized once, and then only augmented: reading TIFF/PNG every epoch would cost more
-than the forward pass on a CPU.
+they are read and resized once, and then only augmented: decoding TIFF/PNG/DICOM every epoch would cost
+more than the forward pass on a CPU. The resized arrays are cached on disk (uint8 .npy, memory-mapped)
+under a key made of the source files (path, size, mtime) and every preprocessing setting, so a second
+run, `evaluate` or a `prepare`d data set reads them in a second. A cache entry becomes visible only by
+an atomic rename of its finished folder, so an interrupted `prepare` never leaves one that is read.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,31 +27,89 @@ from .adapters import Item
 from .imageio import read_image, read_mask
 from .transforms import IMAGE, LABEL, resize_image, resize_mask
 
+CACHE_VERSION = 1
+PREP_KEYS = ("channels", "image_size", "intensity", "target_values", "keep_aspect")
+
 
 @dataclass
 class Arrays:
-    images: torch.Tensor  # N x C x S x S float16 in [0, 1]
+    images: torch.Tensor  # N x C x S x S uint8 (value / 255 is the [0, 1] intensity)
     masks: torch.Tensor  # N x 1 x S x S uint8 {0, 1}
     items: list[Item]
 
+    def float_images(self) -> torch.Tensor:
+        return self.images.float() / 255
 
-def load_arrays(items: list[Item], channels: int, size: int, label: str = "reading") -> Arrays:
-    images = torch.empty((len(items), channels, size, size), dtype=torch.float16)
+
+def cache_root() -> Path:
+    """$MEDSEG_CACHE, else ~/.cache/medseg (never inside the user's data folder, which may be read-only)."""
+    return Path(os.environ.get("MEDSEG_CACHE") or Path.home() / ".cache" / "medseg")
+
+
+def prep_of(plan: dict) -> dict:
+    """The preprocessing settings of a plan that decide the cached arrays."""
+    return {k: plan.get(k) for k in PREP_KEYS}
+
+
+def cache_key(items: list[Item], prep: dict) -> str:
+    h = hashlib.sha256(json.dumps({"v": CACHE_VERSION, **prep}, sort_keys=True, default=list).encode())
+    for it in items:
+        for p in (it.image, *it.extra_channels, *it.masks):
+            st = Path(p).stat()
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}|{it.z}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def read_item(it: Item, prep: dict) -> tuple[np.ndarray, np.ndarray]:
+    """One item at its own size: (C x H x W float32 image in [0, 1], H x W bool mask)."""
+    img = read_image(it.image, prep["channels"], prep.get("intensity"), it.z, it.extra_channels)
+    mask = read_mask(list(it.masks), img.shape[1:], tuple(prep.get("target_values") or ()), it.z)
+    return img, mask
+
+
+def load_arrays(items: list[Item], prep: dict, label: str = "reading", cache: bool = True) -> Arrays:
+    """The items at the training size, from the cache if an entry for exactly these files and settings
+    exists, else read (with a progress bar) and cached."""
+    folder = cache_root() / cache_key(items, prep) if cache and items else None
+    if folder is not None and (folder / "done.json").is_file():
+        return Arrays(torch.from_numpy(np.load(folder / "images.npy", mmap_mode="r")[:]),
+                      torch.from_numpy(np.load(folder / "masks.npy", mmap_mode="r")[:]), items)
+    size, keep = prep["image_size"], bool(prep.get("keep_aspect"))
+    images = torch.empty((len(items), prep["channels"], size, size), dtype=torch.uint8)
     masks = torch.empty((len(items), 1, size, size), dtype=torch.uint8)
     with Progress(transient=True) as bar:
         task = bar.add_task(label, total=len(items))
         for i, it in enumerate(items):
-            img = read_image(it.image, channels)
-            mask = read_mask(list(it.masks), img.shape[1:])
-            images[i] = resize_image(torch.from_numpy(img)[None], size)[0].to(torch.float16)
-            masks[i] = resize_mask(torch.from_numpy(mask)[None, None], size)[0].to(torch.uint8)
+            img, mask = read_item(it, prep)
+            img = resize_image(torch.from_numpy(img)[None], size, keep)[0]
+            images[i] = (img * 255).round().clamp(0, 255).to(torch.uint8)
+            masks[i] = resize_mask(torch.from_numpy(mask)[None, None], size, keep)[0].to(torch.uint8)
             bar.advance(task)
-    return Arrays(images, masks, items)
+    arrays = Arrays(images, masks, items)
+    if folder is not None:
+        _write_cache(folder, arrays, prep)
+    return arrays
+
+
+def _write_cache(folder: Path, arrays: Arrays, prep: dict) -> None:
+    """Write into a temp folder beside the entry, then rename it into place (atomic on one file system)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        np.save(tmp / "images.npy", arrays.images.numpy())
+        np.save(tmp / "masks.npy", arrays.masks.numpy())
+        (tmp / "done.json").write_text(json.dumps({**prep, "n": len(arrays.items)}, default=list) + "\n")
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished the same entry first: theirs is as good as ours
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std over a set of images (the normalisation stored in the plan)."""
-    x = images.float().transpose(0, 1).reshape(images.shape[1], -1)
+    """Per-channel mean and std (of the [0, 1] intensities) over uint8 images: the plan's normalisation."""
+    x = (images.float() / 255).transpose(0, 1).reshape(images.shape[1], -1)
     return x.mean(1).tolist(), x.std(1).clamp_min(1e-3).tolist()
 
 
@@ -61,7 +128,7 @@ def batches(arrays: Arrays, indices: np.ndarray, batch_size: int, augment) -> It
     for start in range(0, len(indices) - batch_size + 1, batch_size):
         xs, ys = [], []
         for i in indices[start:start + batch_size]:
-            out = augment({IMAGE: arrays.images[i].float(), LABEL: arrays.masks[i].float()})
+            out = augment({IMAGE: arrays.images[i].float() / 255, LABEL: arrays.masks[i].float()})
             xs.append(torch.as_tensor(out[IMAGE]))
             ys.append(torch.as_tensor(out[LABEL]))
         yield torch.stack(xs), torch.stack(ys)

@@ -22,7 +22,7 @@ from scipy import ndimage
 from . import metrics
 from .adapters import load_dataset
 from .errors import MedsegError, atomic_path
-from .imageio import read_image, read_mask
+from .data import prep_of, read_item
 from .predict import Predictor
 from .report import render_report, write_report
 
@@ -45,25 +45,25 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
     if not items:
         raise MedsegError(data, f"no cases of the {split!r} split found in this data")
 
+    prep = prep_of(plan)
     per_case: dict[str, dict] = defaultdict(lambda: {"tp": 0, "fp": 0, "fn": 0, "n": 0})
     slices, shown = [], {}
     with Progress(console=console, disable=quiet, transient=True) as bar:
         task = bar.add_task(f"evaluating {len(items)} images", total=len(items))
         for it in items:
-            img = read_image(it.image, plan["channels"])
-            gt = read_mask(list(it.masks), img.shape[1:])
+            img, gt = read_item(it, prep)
             pred = predictor.mask(img)
             c = metrics.counts(pred, gt)
-            per_case[it.patient] = metrics.add(per_case[it.patient], c)
-            slices.append({"case": it.patient, "image": str(it.image), "slice": it.index,
+            per_case[it.case] = metrics.add(per_case[it.case], c)
+            slices.append({"case": it.case, "image": str(it.image), "slice": it.index,
                            "gt_pixels": int(gt.sum()), "pred_pixels": int(pred.sum()), **metrics.scores(c)})
             area = int(gt.sum()) * 4 + int(pred.sum())  # the slice that best shows the case
-            if area >= shown.get(it.patient, (-1,))[0]:
-                shown[it.patient] = (area, img, gt, pred, it.index)
+            if area >= shown.get(it.case, (-1,))[0]:
+                shown[it.case] = (area, img, gt, pred, it.index)
             bar.advance(task)
 
     group_key = ds.stratify_key
-    group_of = {it.patient: str(it.meta.get(group_key, "")) for it in items} if group_key else {}
+    group_of = {it.case: str(it.meta.get(group_key, "")) for it in items} if group_key else {}
     cases = []
     for case, c in sorted(per_case.items()):
         row = {"case": case}

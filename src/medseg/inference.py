@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .transforms import normalize, resize_image
+from .transforms import normalize, resize_image, unfit
 
 
 @torch.inference_mode()
@@ -21,13 +20,11 @@ def predict_probs(model: torch.nn.Module, images: torch.Tensor, plan: dict, tta:
     for start in range(0, images.shape[0], batch_size):
         x = images[start:start + batch_size].float()
         h, w = x.shape[-2:]
-        x = normalize(resize_image(x, plan["image_size"]), plan["mean"], plan["std"])
+        keep = plan.get("keep_aspect", False)
+        x = normalize(resize_image(x, plan["image_size"], keep), plan["mean"], plan["std"])
         x = x.contiguous(memory_format=torch.channels_last)
         logits = model(x)
         if tta:  # left-right flip, averaged in logit space
             logits = (logits + model(x.flip(-1)).flip(-1)) / 2
-        p = torch.sigmoid(logits)
-        if p.shape[-2:] != (h, w):
-            p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
-        out.append(p[:, 0])
+        out.append(unfit(torch.sigmoid(logits), (h, w), keep)[:, 0])
     return torch.cat(out)

@@ -80,7 +80,7 @@ def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, tt
         with Progress(console=console, disable=quiet, transient=True) as bar:
             task = bar.add_task("predicting", total=len(todo))
             for path, stem in todo:
-                mask = predictor.mask(read_image(path, predictor.plan["channels"]))
+                mask = predictor.mask(read_image(path, predictor.plan["channels"], predictor.plan.get("intensity")))
                 write_mask_png(staging / f"{stem}.png", mask)
                 written.append(Path(f"{stem}.png"))
                 bar.advance(task)

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from . import metrics
 from .adapters import load_dataset
 from .checkpoint import save_checkpoint
-from .data import Arrays, batches, channel_stats, load_arrays, sample_indices
+from .data import Arrays, batches, channel_stats, load_arrays, prep_of, sample_indices
 from .errors import MedsegError, atomic_path
 from .inference import predict_probs
 from .losses import build_loss
@@ -44,11 +44,11 @@ def lr_factor(progress: float, warmup: float = 0.03) -> float:
 
 def validate(model: torch.nn.Module, val: Arrays, plan: dict) -> float:
     """Mean per-patient Dice (counts summed over each patient's slices) at the training size."""
-    probs = predict_probs(model, val.images, plan)
-    per_patient: dict[str, dict] = defaultdict(dict)
+    probs = predict_probs(model, val.float_images(), plan)
+    per_case: dict[str, dict] = defaultdict(dict)
     for it, p, m in zip(val.items, probs.numpy(), val.masks[:, 0].numpy()):
-        per_patient[it.patient] = metrics.add(per_patient[it.patient], metrics.counts(p >= plan["threshold"], m))
-    return float(np.mean([metrics.scores(c)["dice"] for c in per_patient.values()]))
+        per_case[it.case] = metrics.add(per_case[it.case], metrics.counts(p >= plan["threshold"], m))
+    return float(np.mean([metrics.scores(c)["dice"] for c in per_case.values()]))
 
 
 def train(data: str | Path, out: str | Path, layout: str = "auto", epochs: int | None = None,
@@ -63,8 +63,9 @@ def train(data: str | Path, out: str | Path, layout: str = "auto", epochs: int |
         plan["time_budget_s"] = None  # an explicit epoch count alone is not cut short by the default budget
     train_set, val_set = set(plan["split"]["train"]), set(plan["split"]["val"])
     size, channels = plan["image_size"], plan["channels"]
-    tr = load_arrays([it for it in ds.items if it.patient in train_set], channels, size, "reading training data")
-    va = load_arrays([it for it in ds.items if it.patient in val_set], channels, size, "reading validation data")
+    prep = prep_of(plan)
+    tr = load_arrays([it for it in ds.items if it.patient in train_set], prep, "reading training data")
+    va = load_arrays([it for it in ds.items if it.patient in val_set], prep, "reading validation data")
     plan["mean"], plan["std"] = channel_stats(tr.images)
     plan["n_items"] = {"train": len(tr.items), "val": len(va.items)}
     if not quiet:

@@ -14,18 +14,40 @@ from monai import transforms as mt
 IMAGE, LABEL = "image", "label"
 
 
-def resize_image(img: torch.Tensor, size: int) -> torch.Tensor:
-    """BxCxHxW -> BxCxsize x size, antialiased when shrinking."""
-    if img.shape[-2:] == (size, size):
-        return img
-    return F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+def fitted_shape(hw: tuple[int, int], size: int, keep_aspect: bool) -> tuple[int, int]:
+    """The size an image of height/width `hw` takes inside the size x size training frame."""
+    if not keep_aspect:
+        return size, size
+    scale = size / max(hw)
+    return max(1, round(hw[0] * scale)), max(1, round(hw[1] * scale))
 
 
-def resize_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
+def resize_image(img: torch.Tensor, size: int, keep_aspect: bool = False) -> torch.Tensor:
+    """BxCxHxW -> BxCxsize x size, antialiased when shrinking. With `keep_aspect` (mammograms, up to
+    5000x3000) the longest side becomes `size` and the rest is zero-padded at the bottom/right, so the
+    anatomy keeps its shape; `unfit` undoes it."""
+    h, w = fitted_shape(img.shape[-2:], size, keep_aspect)
+    if img.shape[-2:] != (h, w):
+        img = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    if (h, w) != (size, size):
+        img = F.pad(img, (0, size - w, 0, size - h))
+    return img
+
+
+def resize_mask(mask: torch.Tensor, size: int, keep_aspect: bool = False) -> torch.Tensor:
     """Bx1xHxW {0,1} -> Bx1xsize x size {0,1} (area-weighted, then halved: smoother than nearest)."""
     if mask.shape[-2:] == (size, size):
         return mask
-    return (resize_image(mask.float(), size) >= 0.5).float()
+    return (resize_image(mask.float(), size, keep_aspect) >= 0.5).float()
+
+
+def unfit(probs: torch.Tensor, hw: tuple[int, int], keep_aspect: bool = False) -> torch.Tensor:
+    """Bx1xSxS probabilities in the training frame -> Bx1xHxW at the original image size."""
+    h, w = fitted_shape(hw, probs.shape[-1], keep_aspect)
+    probs = probs[..., :h, :w]
+    if probs.shape[-2:] != tuple(hw):
+        probs = F.interpolate(probs, size=tuple(hw), mode="bilinear", align_corners=False)
+    return probs
 
 
 def normalize(img: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:

@@ -1,7 +1,13 @@
 """The contract every data-set adapter fulfils: a layout on disk -> a list of 2D items with masks.
 
-An item is one 2D image (a slice or a whole image) with its mask files; `patient` groups items for
-splitting (never split a patient) and for per-patient metrics (3D Dice over all of a patient's slices).
+An item is one 2D image (a slice or a whole image) with its mask files. `patient` groups items for
+splitting (never split a patient); `case` groups them for metrics (LGG: the patient, so its Dice is the
+3D Dice over all slices; CBIS-DDSM: one mammogram, while the split stays by patient).
+
+Files are 2D images (PNG/TIF/JPG/BMP), single-frame DICOM, or volumes (NIfTI/NRRD/MHA) of which the
+item takes slice `z`. How intensities become [0, 1] (`DataSet.intensity`) and which mask values are
+foreground (`DataSet.target_values`) belong to the data set and are stored in the training plan, so
+prediction repeats them exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +26,13 @@ class Item:
     patient: str  # split and metric unit
     index: int = 0  # slice position within the patient (0 for single images)
     meta: dict = field(default_factory=dict, hash=False, compare=False)  # subgroup data, e.g. {"class": "benign"}
+    z: int | None = None  # slice of a volume file (NIfTI/NRRD) to read; None for 2D files
+    case: str = ""  # metric unit; defaults to `patient`
+    extra_channels: tuple[Path, ...] = ()  # further channel files (nnU-Net `_0001`, ...), stacked after `image`
+
+    def __post_init__(self) -> None:
+        if not self.case:
+            object.__setattr__(self, "case", self.patient)
 
 
 @dataclass
@@ -30,6 +43,13 @@ class DataSet:
     items: list[Item]
     unit: str = "case"  # "patient" for slice data sets, "case" for single images
     stratify_key: str | None = None  # meta key with a class to keep balanced across the split
+    # how raw values become [0, 1]: {"mode": "range"} (integer type's range), {"mode": "window",
+    # "low": -100, "high": 400} (CT, in HU), {"mode": "percentile", "low": 0.5, "high": 99.5} (per volume)
+    intensity: dict = field(default_factory=lambda: {"mode": "range"})
+    target_values: tuple[int, ...] = ()  # mask values that are foreground; () = any non-zero value
+    target: str = "foreground"  # the structure's name, for reports
+    keep_aspect: bool = False  # resize the longest side and pad (mammograms) instead of squashing
+    problems: list[str] = field(default_factory=list)  # non-fatal findings for `medseg inspect`
 
     @property
     def patients(self) -> list[str]:
