@@ -42,11 +42,13 @@ def train(data: Path = typer.Argument(..., help="Data set folder in its publishe
           seed: int = typer.Option(0, help="Seed for the split, the initialisation and the augmentation."),
           image_size: Optional[int] = typer.Option(None, help="Training size (square); default from the plan."),
           batch_size: Optional[int] = typer.Option(None, help="Batch size; default from the plan."),
-          lr: Optional[float] = typer.Option(None, help="Peak learning rate; default from the plan.")) -> None:
+          lr: Optional[float] = typer.Option(None, help="Peak learning rate; default from the plan."),
+          target: Optional[str] = typer.Option(None, help="Structure to segment where the layout has several "
+                                               "(3D-IRCADb: liver, livertumor1, ...; NIfTI: a label name).")) -> None:
     """Train a U-Net: split by patient, keep RUN/best and RUN/last, log to RUN/log.csv."""
     from .train import parse_duration, train as run_train
     run_train(data, out, format, epochs, parse_duration(time_budget) if time_budget else None, val_fraction, seed,
-              image_size, batch_size, lr)
+              image_size, batch_size, lr, target=target)
 
 
 @app.command()

@@ -39,7 +39,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
     split = split or ("val" if same else "all")
     if split not in ("val", "all"):
         raise MedsegError(None, f"--split must be 'val' or 'all', got {split!r}")
-    ds = load_dataset(data, layout or (plan["layout"] if same else "auto"))
+    ds = load_dataset(data, layout or (plan["layout"] if same else "auto"), plan.get("target_name"))
     wanted = set(plan["split"]["val"]) if split == "val" else set(ds.patients)
     items = [it for it in ds.items if it.patient in wanted]
     if not items:

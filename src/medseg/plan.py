@@ -72,6 +72,7 @@ def make_plan(ds: DataSet, val_fraction: float = 0.2, seed: int = 0, **overrides
         "intensity": ds.intensity,
         "target_values": list(ds.target_values),
         "target": ds.target,
+        "target_name": ds.target if ds.target != "foreground" else None,
         "keep_aspect": ds.keep_aspect,
         "seed": seed,
         "val_fraction": val_fraction,

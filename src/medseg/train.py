@@ -54,9 +54,9 @@ def validate(model: torch.nn.Module, val: Arrays, plan: dict) -> float:
 def train(data: str | Path, out: str | Path, layout: str = "auto", epochs: int | None = None,
           time_budget_s: float | None = None, val_fraction: float = 0.2, seed: int = 0,
           image_size: int | None = None, batch_size: int | None = None, lr: float | None = None,
-          quiet: bool = False) -> dict:
+          quiet: bool = False, target: str | None = None) -> dict:
     out = Path(out)
-    ds = load_dataset(data, layout)
+    ds = load_dataset(data, layout, target)
     plan = make_plan(ds, val_fraction, seed, image_size=image_size, batch_size=batch_size, lr=lr,
                      epochs=epochs, time_budget_s=time_budget_s)
     if epochs is not None and time_budget_s is None:

@@ -61,8 +61,9 @@ class Adapter:
     name: str
     description: str
     detect: Callable[[Path], bool]
-    load: Callable[[Path], DataSet]
+    load: Callable[..., DataSet]  # load(root) or, with `targets`, load(root, target=None)
     generic: bool = False  # generic layouts are used only when no specific one matches
+    targets: bool = False  # the layout has several structures/labels; `--target` picks one (None: default)
 
 
 _REGISTRY: dict[str, Adapter] = {}
@@ -77,8 +78,9 @@ def adapters() -> dict[str, Adapter]:
     return dict(_REGISTRY)
 
 
-def load_dataset(root: str | Path, layout: str = "auto") -> DataSet:
-    """Detect (or take) the layout of `root` and read its items; bad input raises MedsegError."""
+def load_dataset(root: str | Path, layout: str = "auto", target: str | None = None) -> DataSet:
+    """Detect (or take) the layout of `root` and read its items; bad input raises MedsegError.
+    `target` picks the structure where the layout has several (3D-IRCADb organs, NIfTI label names)."""
     root = Path(root)
     if not root.exists():
         raise MedsegError(root, "data folder not found")
@@ -89,7 +91,7 @@ def load_dataset(root: str | Path, layout: str = "auto") -> DataSet:
     if layout != "auto":
         if layout not in _REGISTRY:
             raise MedsegError(None, f"unknown format {layout!r}; known: auto, {', '.join(sorted(_REGISTRY))}")
-        return _checked(_REGISTRY[layout].load(root))
+        return _load(_REGISTRY[layout], root, target)
     specific = [a for a in _REGISTRY.values() if not a.generic and a.detect(root)]
     if len(specific) > 1:
         raise MedsegError(root, f"matches several layouts ({', '.join(a.name for a in specific)}): pass --format")
@@ -97,10 +99,16 @@ def load_dataset(root: str | Path, layout: str = "auto") -> DataSet:
     if not found:
         known = "; ".join(f"{a.name}: {a.description}" for a in _REGISTRY.values())
         raise MedsegError(root, f"unknown layout, no known data set found here (known layouts: {known})")
-    return _checked(found[0].load(root))
+    return _load(found[0], root, target)
 
 
-def _checked(ds: DataSet) -> DataSet:
+def _load(adapter: Adapter, root: Path, target: str | None) -> DataSet:
+    if adapter.targets:
+        ds = adapter.load(root, target=target)
+    elif target is not None and target != "foreground":
+        raise MedsegError(root, f"layout {adapter.name!r} has a single target; --target does not apply")
+    else:
+        ds = adapter.load(root)
     if not ds.items:
         raise MedsegError(ds.root, f"no image/mask pairs found for layout {ds.layout!r}")
     return ds
