@@ -25,6 +25,15 @@ DEFAULTS = {
     "threshold": 0.5,
     "time_budget_s": 1200.0,
     "epochs": None,
+    # engine settings (issue 5); every key is documented in `medseg presets --show NAME`
+    "loss_args": {},  # e.g. {"pos_weight": 2.0} or {"alpha": 0.3, "beta": 0.7} for tversky
+    "optimizer": "adamw",  # adamw | adam | sgd (momentum 0.9, nesterov)
+    "schedule": "cosine",  # cosine (warm-up + cosine over the budget) | onecycle | plateau | constant
+    "warmup": 0.03,  # share of the run spent warming the learning rate up
+    "sampling": "lesion",  # lesion: lesion_fraction of draws from images with foreground | area: p ~ mask area (Buda) | uniform
+    "empty_drop": 0.0,  # probability of dropping an empty-mask image from an epoch (liver-CT workflow: 0.6)
+    "patience": None,  # early stopping: epochs without a better validation Dice (None: off)
+    "neighbours": 0,  # 2.5D: k slices above and below as extra channels (slice data sets only)
 }
 LAYOUT_DEFAULTS: dict[str, dict] = {
     "lgg": {},
