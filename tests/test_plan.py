@@ -33,3 +33,26 @@ def test_split_errors(tmp_path):
     with pytest.raises(MedsegError, match="val-fraction"):
         split_patients(ds, 1.5, 0)
     assert split_patients(ds, 0.0, 0) == (ds.patients, [])
+
+
+def test_kfold_partitions_patients_and_is_stratified(tmp_path):
+    ds = load_dataset(write_busi_replica(tmp_path / "b", per_class=6))
+    vals = [split_patients(ds, 0.2, seed=1, folds=3, fold=i)[1] for i in range(3)]
+    assert sorted(sum(vals, [])) == sorted(ds.patients)  # every case validated exactly once
+    for v in vals:
+        assert sorted(p.split(" ")[0] for p in v) == ["benign"] * 2 + ["malignant"] * 2 + ["normal"] * 2
+    with pytest.raises(MedsegError, match="folds"):
+        split_patients(ds, 0.2, 0, folds=3, fold=3)
+
+
+def test_presets_fill_the_plan_and_flags_win(tmp_path):
+    from medseg.plan import parse_setting, presets
+    ds = load_dataset(write_lgg_replica(tmp_path / "k", patients=3, slices=2))
+    assert {"busi", "lgg", "liver-ct", "cbis-mass"} <= set(presets())
+    plan = make_plan(ds, 0.34, 0, preset="lgg", image_size=64)
+    assert plan["preset"] == "lgg" and plan["sampling"] == "area" and plan["image_size"] == 64
+    assert parse_setting("lr=3e-4") == ("lr", 3e-4) and parse_setting("model=unet") == ("model", "unet")
+    with pytest.raises(MedsegError, match="unknown setting"):
+        parse_setting("__import__('os')=1")
+    with pytest.raises(MedsegError, match="unknown preset"):
+        make_plan(ds, 0.34, 0, preset="nope")

@@ -73,6 +73,50 @@ def predict(run: Path = typer.Argument(..., help="Run folder (from medseg train)
     predict_files(run, inputs, out, tta)
 
 
+@app.command()
+def presets(show: Optional[str] = typer.Option(None, "--show", help="Print one preset's full settings as JSON.")) -> None:
+    """List the presets (one per seed workflow) and what each sets; --show NAME for all its settings."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from .errors import MedsegError
+    from .plan import DEFAULTS, presets as all_presets
+    known = all_presets()
+    if show:
+        if show not in known:
+            raise MedsegError(None, f"unknown preset {show!r}; known: {', '.join(known)}")
+        print(json.dumps({**known[show], "resolved": {**DEFAULTS, **known[show]["settings"]}}, indent=2))
+        return
+    t = Table(title="medseg presets (`medseg train DATA --preset NAME`; any flag or --set key=value overrides)")
+    for col in ("preset", "what it is", "sets"):
+        t.add_column(col)
+    t.add_row("(none)", "medseg's defaults, measured fastest to a good mask on a CPU",
+              ", ".join(f"{k}={DEFAULTS[k]}" for k in ("model", "image_size", "loss", "augmentation", "lr")))
+    for name, p in known.items():
+        t.add_row(name, p["description"], ", ".join(f"{k}={v}" for k, v in p["settings"].items()))
+    Console().print(t)
+
+
+@app.command()
+def prepare(data: Path = typer.Argument(..., help="Data set folder in its published layout."),
+            format: str = typer.Option("auto", "--format", help="Layout (default: detect)."),
+            target: Optional[str] = typer.Option(None, help="Structure to segment where the layout has several."),
+            preset: Optional[str] = typer.Option(None, help="Preset whose preprocessing to cache."),
+            image_size: Optional[int] = typer.Option(None, help="Training size; default from the preset/plan."),
+            setting: list[str] = typer.Option([], "--set", help="Any plan setting, key=value (repeatable).")) -> None:
+    """Read, resize and cache a data set ahead of training (uint8 arrays in $MEDSEG_CACHE or ~/.cache/medseg)."""
+    from .data import prepare as run_prepare
+    from .plan import parse_setting
+    settings = dict(parse_setting(s) for s in setting)
+    if image_size:
+        settings["image_size"] = image_size
+    r = run_prepare(data, format, target, preset, settings)
+    print(f"{r['layout']}: {r['images']} images {'already cached' if r['already_cached'] else 'cached'} in "
+          f"{r['seconds']:.1f}s ({r['megabytes']} MB, size {r['prep']['image_size']}): {r['cache']}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv

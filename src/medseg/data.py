@@ -40,6 +40,10 @@ class Arrays:
     def float_images(self) -> torch.Tensor:
         return self.images.float() / 255
 
+    def subset(self, keep: list[bool]) -> "Arrays":
+        idx = torch.tensor([i for i, k in enumerate(keep) if k], dtype=torch.long)
+        return Arrays(self.images[idx], self.masks[idx], [it for it, k in zip(self.items, keep) if k])
+
 
 def cache_root() -> Path:
     """$MEDSEG_CACHE, else ~/.cache/medseg (never inside the user's data folder, which may be read-only)."""
@@ -72,8 +76,8 @@ def load_arrays(items: list[Item], prep: dict, label: str = "reading", cache: bo
     exists, else read (with a progress bar) and cached."""
     folder = cache_root() / cache_key(items, prep) if cache and items else None
     if folder is not None and (folder / "done.json").is_file():
-        return Arrays(torch.from_numpy(np.load(folder / "images.npy", mmap_mode="r")[:]),
-                      torch.from_numpy(np.load(folder / "masks.npy", mmap_mode="r")[:]), items)
+        return Arrays(torch.from_numpy(np.load(folder / "images.npy", mmap_mode="c")),
+                      torch.from_numpy(np.load(folder / "masks.npy", mmap_mode="c")), items)
     size, keep = prep["image_size"], bool(prep.get("keep_aspect"))
     images = torch.empty((len(items), prep["channels"], size, size), dtype=torch.uint8)
     masks = torch.empty((len(items), 1, size, size), dtype=torch.uint8)
@@ -89,6 +93,26 @@ def load_arrays(items: list[Item], prep: dict, label: str = "reading", cache: bo
     if folder is not None:
         _write_cache(folder, arrays, prep)
     return arrays
+
+
+def prepare(data: str | Path, layout: str = "auto", target: str | None = None, preset: str | None = None,
+            settings: dict | None = None, quiet: bool = False) -> dict:
+    """Build the cache entry that `train` with the same data and settings will read (`medseg prepare`)."""
+    import time
+
+    from .adapters import load_dataset
+    from .plan import data_settings, settings_for
+    t0 = time.perf_counter()
+    ds = load_dataset(data, layout, target)
+    plan = settings_for(ds.layout, preset, settings)
+    plan.update(data_settings(ds, plan))
+    prep = prep_of(plan)
+    folder = cache_root() / cache_key(ds.items, prep)
+    hit = (folder / "done.json").is_file()
+    arrays = load_arrays(ds.items, prep, f"preparing {len(ds.items)} images")
+    return {"data": str(ds.root), "layout": ds.layout, "images": len(arrays.items), "cache": str(folder),
+            "already_cached": hit, "seconds": round(time.perf_counter() - t0, 1),
+            "megabytes": round(sum(f.stat().st_size for f in folder.iterdir()) / 2**20, 1), "prep": prep}
 
 
 def _write_cache(folder: Path, arrays: Arrays, prep: dict) -> None:

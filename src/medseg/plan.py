@@ -5,7 +5,9 @@ Training reads only the plan; the plan is saved in every checkpoint, so evaluate
 
 from __future__ import annotations
 
+import json
 import random
+from importlib.resources import files
 from collections import defaultdict
 
 from .adapters import DataSet
@@ -34,7 +36,10 @@ DEFAULTS = {
     "empty_drop": 0.0,  # probability of dropping an empty-mask image from an epoch (liver-CT workflow: 0.6)
     "patience": None,  # early stopping: epochs without a better validation Dice (None: off)
     "neighbours": 0,  # 2.5D: k slices above and below as extra channels (slice data sets only)
+    "intensity_override": None,  # replaces the layout's intensity rule, e.g. a CT window for NIfTI CT
+    "headline_metric": "dice",  # dice | iou: the metric the report leads with
 }
+# What a layout needs whatever the preset: CT-sized images with much background are mostly empty slices.
 LAYOUT_DEFAULTS: dict[str, dict] = {
     "lgg": {},
     "busi": {},
@@ -42,9 +47,57 @@ LAYOUT_DEFAULTS: dict[str, dict] = {
 }
 
 
-def split_patients(ds: DataSet, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Split patients (never slices) into train/val, stratified by the layout's class key if it has one."""
-    if not 0.0 <= val_fraction < 1.0:
+def presets() -> dict[str, dict]:
+    """The presets shipped in medseg/presets/*.json: {name: {"description", "source", "settings"}}."""
+    out = {}
+    for res in sorted(files("medseg").joinpath("presets").iterdir(), key=lambda r: r.name):
+        if res.name.endswith(".json"):
+            data = json.loads(res.read_text())
+            out[res.name[:-5]] = data
+    return out
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """`key=value` from the command line: the value is JSON if it parses (numbers, lists, null), else a
+    string. Parsed, never evaluated; the key must be a known plan setting."""
+    if "=" not in text:
+        raise MedsegError(None, f"--set expects key=value, got {text!r}")
+    key, raw = (t.strip() for t in text.split("=", 1))
+    if key not in DEFAULTS:
+        raise MedsegError(None, f"unknown setting {key!r}; known: {', '.join(sorted(DEFAULTS))}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def settings_for(layout: str, preset: str | None = None, overrides: dict | None = None) -> dict:
+    """DEFAULTS, then the layout's needs, then the preset, then the user's flags: the later one wins."""
+    plan = {**DEFAULTS, **LAYOUT_DEFAULTS.get(layout, {})}
+    if preset:
+        known = presets()
+        if preset not in known:
+            raise MedsegError(None, f"unknown preset {preset!r}; known: {', '.join(known)} (see `medseg presets`)")
+        unknown = set(known[preset]["settings"]) - set(DEFAULTS)
+        if unknown:
+            raise MedsegError(None, f"preset {preset!r} sets unknown keys: {', '.join(sorted(unknown))}")
+        plan.update(known[preset]["settings"])
+        plan["preset"] = preset
+    plan.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return plan
+
+
+def split_patients(ds: DataSet, val_fraction: float, seed: int, folds: int | None = None,
+                   fold: int | None = None) -> tuple[list[str], list[str]]:
+    """Split patients (never slices) into train/val, stratified by the layout's class key if it has one.
+
+    With `folds`, K-fold cross-validation: in each stratum the shuffled patients are dealt round-robin into
+    K folds and fold `fold` is the validation set, so the K validation sets partition the patients."""
+    if folds is not None:
+        if folds < 2 or fold is None or not 0 <= fold < folds:
+            raise MedsegError(None, f"--folds K needs K >= 2 and --fold i with 0 <= i < K (got {folds}, {fold})")
+    elif not 0.0 <= val_fraction < 1.0:
         raise MedsegError(None, f"--val-fraction must be in [0, 1), got {val_fraction}")
     key_of: dict[str, str] = {}
     for it in ds.items:
@@ -54,37 +107,54 @@ def split_patients(ds: DataSet, val_fraction: float, seed: int) -> tuple[list[st
         strata[key].append(patient)
     rng = random.Random(seed)
     train, val = [], []
+    offset = 0  # strata continue the round-robin where the last one stopped, so folds stay balanced in size
     for key in sorted(strata):
         group = sorted(strata[key])
         rng.shuffle(group)
+        if folds is not None:
+            for j, patient in enumerate(group):
+                (val if (j + offset) % folds == fold else train).append(patient)
+            offset += len(group)
+            continue
         n_val = round(len(group) * val_fraction)
         if val_fraction > 0 and n_val == 0 and len(group) > 1:
             n_val = 1
         val += group[:n_val]
         train += group[n_val:]
+    if folds is not None and len(ds.patients) < folds:
+        raise MedsegError(ds.root, f"{len(ds.patients)} patient(s) cannot make {folds} folds")
     if not train:
         raise MedsegError(ds.root, f"only {len(ds.patients)} patient(s): nothing left to train on after the split")
-    if val_fraction > 0 and not val:
+    if (folds is not None or val_fraction > 0) and not val:
         raise MedsegError(ds.root, "too few patients for a validation split (use --val-fraction 0)")
     return sorted(train), sorted(val)
 
 
-def make_plan(ds: DataSet, val_fraction: float = 0.2, seed: int = 0, **overrides) -> dict:
-    plan = {**DEFAULTS, **LAYOUT_DEFAULTS.get(ds.layout, {})}
-    plan.update({k: v for k, v in overrides.items() if v is not None})
-    train, val = split_patients(ds, val_fraction, seed)
+def make_plan(ds: DataSet, val_fraction: float = 0.2, seed: int = 0, preset: str | None = None,
+              folds: int | None = None, fold: int | None = None, settings: dict | None = None, **overrides) -> dict:
+    plan = settings_for(ds.layout, preset, {**(settings or {}), **overrides})
+    train, val = split_patients(ds, val_fraction, seed, folds, fold)
+    plan.update(data_settings(ds, plan))
     plan.update({
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "folds": folds,
+        "fold": fold,
+        "split": {"train": train, "val": val},
+    })
+    return plan
+
+
+def data_settings(ds: DataSet, settings: dict) -> dict:
+    """What the data set decides in a plan: input channels, intensity rule, target, geometry handling."""
+    return {
         "data": str(ds.root.resolve()),
         "layout": ds.layout,
         "channels": ds.channels,
         "unit": ds.unit,
-        "intensity": ds.intensity,
+        "intensity": settings.get("intensity_override") or ds.intensity,
         "target_values": list(ds.target_values),
         "target": ds.target,
         "target_name": ds.target if ds.target != "foreground" else None,
         "keep_aspect": ds.keep_aspect,
-        "seed": seed,
-        "val_fraction": val_fraction,
-        "split": {"train": train, "val": val},
-    })
-    return plan
+    }
