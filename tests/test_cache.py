@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 import pytest
 
 from medseg import data
@@ -66,3 +67,18 @@ def test_prepare_command_builds_what_train_reads(tmp_path, private_cache, capsys
     with pytest.raises(SystemExit):
         main(["prepare", str(root), "--image-size", "32"])
     assert "already cached" in capsys.readouterr().out
+
+
+def test_neighbours_stack_adjacent_slices_of_the_same_case(tmp_path):
+    ds = load_dataset(write_lgg_replica(tmp_path / "k", patients=2, slices=4))
+    arrays = data.load_arrays(ds.items, PREP, cache=False)
+    stacked = data.with_neighbours(arrays, 1)
+    assert stacked.images.shape == (8, 9, 32, 32)
+    first = [i for i, it in enumerate(ds.items) if it.patient == ds.patients[0]]
+    a, b, c = first[0], first[1], first[2]
+    assert torch.equal(stacked.images[b, 0:3], arrays.images[a])  # slice above
+    assert torch.equal(stacked.images[b, 3:6], arrays.images[b])  # itself in the middle
+    assert torch.equal(stacked.images[b, 6:9], arrays.images[c])  # slice below
+    assert torch.equal(stacked.images[a, 0:3], arrays.images[a])  # edge: repeated
+    last_of_first = first[-1]
+    assert torch.equal(stacked.images[last_of_first, 6:9], arrays.images[last_of_first])  # never the next patient

@@ -95,6 +95,29 @@ def load_arrays(items: list[Item], prep: dict, label: str = "reading", cache: bo
     return arrays
 
 
+def neighbour_index(items: list[Item], k: int) -> list[list[int]]:
+    """For 2.5D input: for each item, the positions (in `items`) of the slices k below .. k above it in
+    the same case, ordered by slice index; at a volume's edge the edge slice repeats."""
+    by_case: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        by_case.setdefault(it.case, []).append(i)
+    out: list[list[int]] = [[] for _ in items]
+    for members in by_case.values():
+        members = sorted(members, key=lambda i: items[i].index)
+        for pos, i in enumerate(members):
+            out[i] = [members[min(max(pos + d, 0), len(members) - 1)] for d in range(-k, k + 1)]
+    return out
+
+
+def with_neighbours(arrays: Arrays, k: int) -> Arrays:
+    """Stack each slice with its k neighbours on either side as channels (C -> C * (2k + 1))."""
+    if k <= 0:
+        return arrays
+    idx = torch.tensor(neighbour_index(arrays.items, k))  # N x (2k + 1)
+    images = arrays.images[idx.flatten()].reshape(len(arrays.items), -1, *arrays.images.shape[-2:])
+    return Arrays(images, arrays.masks, arrays.items)
+
+
 def prepare(data: str | Path, layout: str = "auto", target: str | None = None, preset: str | None = None,
             settings: dict | None = None, quiet: bool = False) -> dict:
     """Build the cache entry that `train` with the same data and settings will read (`medseg prepare`)."""

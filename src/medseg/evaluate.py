@@ -22,7 +22,7 @@ from scipy import ndimage
 from . import metrics
 from .adapters import load_dataset
 from .errors import MedsegError, atomic_path
-from .data import prep_of, read_item
+from .data import neighbour_index, prep_of, read_item
 from .predict import Predictor
 from .report import render_report, write_report
 
@@ -50,9 +50,19 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
     slices, shown = [], {}
     with Progress(console=console, disable=quiet, transient=True) as bar:
         task = bar.add_task(f"evaluating {len(items)} images", total=len(items))
-        for it in items:
+        k = int(plan.get("neighbours") or 0)
+        around = neighbour_index(items, k) if k else None
+        recent: dict[int, np.ndarray] = {}  # 2.5D: the last slices read, each needed by up to 2k + 1 items
+        for i, it in enumerate(items):
             img, gt = read_item(it, prep)
-            pred = predictor.mask(img)
+            if around:
+                recent[i] = img
+                for j in around[i]:
+                    if j not in recent:
+                        recent[j] = read_item(items[j], prep)[0]
+                net_input = np.concatenate([recent[j] for j in around[i]])
+                recent = {j: v for j, v in recent.items() if j >= i - k}
+            pred = predictor.mask(net_input if around else img)
             c = metrics.counts(pred, gt)
             per_case[it.case] = metrics.add(per_case[it.case], c)
             slices.append({"case": it.case, "image": str(it.image), "slice": it.index,
