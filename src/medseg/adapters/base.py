@@ -105,10 +105,10 @@ def load_dataset(root: str | Path, layout: str = "auto", target: str | None = No
 def _load(adapter: Adapter, root: Path, target: str | None) -> DataSet:
     if adapter.targets:
         ds = adapter.load(root, target=target)
-    elif target is not None and target != "foreground":
-        raise MedsegError(root, f"layout {adapter.name!r} has a single target; --target does not apply")
     else:
         ds = adapter.load(root)
+        if target not in (None, "foreground", ds.target):
+            raise MedsegError(root, f"layout {adapter.name!r} has a single target ({ds.target}); --target does not apply")
     if not ds.items:
         raise MedsegError(ds.root, f"no image/mask pairs found for layout {ds.layout!r}")
     return ds
