@@ -73,12 +73,14 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
             bar.advance(task)
 
     group_key = ds.stratify_key
-    group_of = {it.case: str(it.meta.get(group_key, "")) for it in items} if group_key else {}
+    keys = list(dict.fromkeys(([group_key] if group_key else []) + list(ds.subgroup_keys)))
+    meta_of = {it.case: it.meta for it in items}
     cases = []
     for case, c in sorted(per_case.items()):
         row = {"case": case}
         if group_key:
-            row["group"] = group_of[case]
+            row["group"] = str(meta_of[case].get(group_key, ""))
+        row.update({k: str(meta_of[case].get(k, "")) for k in keys if k != group_key})
         row.update(metrics.scores(c))
         row.update({"gt_pixels": c["fn"] + c["tp"], "pred_pixels": c["tp"] + c["fp"],
                     "images": sum(1 for s in slices if s["case"] == case)})
@@ -99,11 +101,24 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
         "empty_cases_predicted_empty": (sum(r["pred_pixels"] == 0 for r in empty) / len(empty)) if empty else None,
         "by_group": {g: metrics.summarize([r["dice"] for r in lesion if r.get("group") == g])
                      for g in sorted({r.get("group") for r in cases if r.get("group")})},
+        "subgroups": {k: subgroup_table(lesion, "group" if k == group_key else k) for k in keys},
     }
     _write_outputs(run / "eval", result, cases, slices, shown, run)
     if not quiet:
         _print_summary(result)
     return result
+
+
+def subgroup_table(rows: list[dict], column: str) -> dict[str, dict]:
+    """Per value of `column`: cases, Dice and IoU means, and the share of cases with IoU >= 0.4 (the
+    "accurate" rule of the mammography workflow's analysis)."""
+    out = {}
+    for g in sorted({r[column] for r in rows}):
+        sel = [r for r in rows if r[column] == g]
+        out[g] = {"n": len(sel), "dice_mean": float(np.mean([r["dice"] for r in sel])),
+                  "iou_mean": float(np.mean([r["iou"] for r in sel])),
+                  "iou_0.4_share": float(np.mean([r["iou"] >= 0.4 for r in sel]))}
+    return out
 
 
 def overlay(img: np.ndarray, gt: np.ndarray, pred: np.ndarray, max_side: int = 320) -> np.ndarray:
@@ -157,6 +172,9 @@ def _write_outputs(folder: Path, result: dict, cases: list[dict], slices: list[d
     for g, s in result["by_group"].items():
         if s.get("n"):
             summary[f"Dice mean, {g} ({s['n']})"] = s["mean"]
+    for key, table in result.get("subgroups", {}).items():
+        for g, s in table.items():
+            summary[f"{key} = {g} ({s['n']}): IoU mean / share IoU >= 0.4"] = f"{s['iou_mean']:.3f} / {s['iou_0.4_share']:.0%}"
     html_text = render_report(f"medseg evaluation: {run.name}", summary, cases, pics, log_rows,
                               [metrics.EMPTY_POLICY, "Headline Dice is over cases with a non-empty ground truth. "
                                + ("Per patient: true/false positives summed over all slices (3D Dice)."
@@ -176,6 +194,13 @@ def _print_summary(result: dict) -> None:
         if s.get("n"):
             t.add_row(escape(f"dice [{g}]"), *(f"{s[k]:.3f}" for k in ("mean", "median", "q1", "q3")), str(s["n"]))
     Console().print(t)
+    for key, table in result.get("subgroups", {}).items():
+        st = Table(title=f"by {key} (cases with a lesion)")
+        for col in (key, "n", "Dice mean", "IoU mean", "IoU >= 0.4"):
+            st.add_column(col, justify="left" if col == key else "right")
+        for g, s in table.items():
+            st.add_row(escape(g), str(s["n"]), f"{s['dice_mean']:.3f}", f"{s['iou_mean']:.3f}", f"{s['iou_0.4_share']:.0%}")
+        Console().print(st)
     if result["n_empty_cases"]:
         Console().print(f"{result['n_empty_cases']} cases with empty ground truth: "
                         f"{result['empty_cases_predicted_empty']:.0%} predicted empty (not in the headline Dice)")

@@ -82,7 +82,7 @@ def _dicom_pixels(path: Path) -> np.ndarray:
     return arr
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)  # a 4-channel case needs 5 volumes (channels + label) per slice
 def read_volume(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     """A whole volume as (Z x Y x X [x C]) array and its spacing (x, y, z) in mm. Consecutive slices of
     one volume are read in a row, so the last few volumes stay cached."""
@@ -96,6 +96,14 @@ def read_volume(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     if arr.ndim == 2:
         arr = arr[None]
     return arr, tuple(float(v) for v in img.GetSpacing())
+
+
+@functools.lru_cache(maxsize=32)
+def _volume_percentiles(path: Path, low: float, high: float) -> tuple[float, float]:
+    vol = read_volume(path)[0]
+    sample = vol.ravel()[:: max(1, vol.size // 2_000_000)]  # a regular subsample keeps this under a second
+    lo, hi = np.percentile(sample, [low, high])
+    return float(lo), float(hi)
 
 
 def _check_file(path: Path) -> None:
@@ -146,11 +154,11 @@ def _checked_shape(path: Path, arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def to_unit(arr: np.ndarray, intensity: dict, path: Path, reference: np.ndarray | None = None) -> np.ndarray:
+def to_unit(arr: np.ndarray, intensity: dict, path: Path) -> np.ndarray:
     """Raw values -> float32 in [0, 1] by the data set's rule:
     - range: integer types by their type's range (uint8 / 255); bool and floats as they are (clipped);
     - window: a fixed window in the data's units, e.g. CT -100..400 HU for the liver;
-    - percentile: the low/high percentiles of `reference` (the whole volume or image) map to 0 and 1.
+    - percentile: the low/high percentiles of the image (of the whole volume: see read_image) map to 0 and 1.
     """
     if not np.isfinite(np.asarray(arr, dtype=np.float32)).all():
         raise MedsegError(path, "image contains NaN or Inf values")
@@ -161,9 +169,7 @@ def to_unit(arr: np.ndarray, intensity: dict, path: Path, reference: np.ndarray 
     if mode == "window":
         lo, hi = float(intensity["low"]), float(intensity["high"])
     elif mode == "percentile":
-        ref = arr if reference is None else reference
-        lo, hi = (float(v) for v in np.percentile(ref[::max(1, ref.size // 2_000_000)] if ref.ndim == 1 else ref,
-                                                  [intensity.get("low", 0.5), intensity.get("high", 99.5)]))
+        lo, hi = (float(v) for v in np.percentile(arr, [intensity.get("low", 0.5), intensity.get("high", 99.5)]))
     else:
         raise MedsegError(None, f"unknown intensity mode {mode!r}")
     return np.clip((arr.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
@@ -182,10 +188,11 @@ def read_image(path: Path, channels: int, intensity: dict | None = None, z: int 
         return arr if arr.shape[0] == channels else _fit_channels(arr, channels)
     path = Path(path)
     raw = _read_raw(path, z)
-    reference = None
-    if intensity.get("mode") == "percentile":
-        reference = read_volume(path)[0].ravel() if is_volume(path) else raw.ravel()
-    arr = to_unit(raw, intensity, path, reference)
+    if intensity.get("mode") == "percentile" and is_volume(path):  # the whole volume's, computed once
+        lo, hi = _volume_percentiles(path, float(intensity.get("low", 0.5)), float(intensity.get("high", 99.5)))
+        arr = to_unit(raw, {"mode": "window", "low": lo, "high": hi}, path)
+    else:
+        arr = to_unit(raw, intensity, path)
     if arr.ndim == 2:
         arr = arr[None]
     else:

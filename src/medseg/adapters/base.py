@@ -50,6 +50,7 @@ class DataSet:
     target: str = "foreground"  # the structure's name, for reports
     keep_aspect: bool = False  # resize the longest side and pad (mammograms) instead of squashing
     problems: list[str] = field(default_factory=list)  # non-fatal findings for `medseg inspect`
+    subgroup_keys: tuple[str, ...] = ()  # meta keys tabulated in the evaluation (besides stratify_key)
 
     @property
     def patients(self) -> list[str]:

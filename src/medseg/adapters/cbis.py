@@ -271,7 +271,7 @@ def load(root: Path, target: str | None = None) -> DataSet:
                         "CBIS-DDSM): the file of the full mammogram's size was taken as the mask")
     return DataSet(root, "cbis", 1, items, unit="case", stratify_key="pathology",
                    intensity={"mode": "percentile", "low": 0.5, "high": 99.5}, target=TARGET,
-                   keep_aspect=True, problems=problems)
+                   keep_aspect=True, problems=problems, subgroup_keys=("pathology", "mass_shape"))
 
 
 ADAPTER = register(Adapter("cbis", "CBIS-DDSM mass_case_description_*_set.csv + the DICOM folders they name",
