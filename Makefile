@@ -7,7 +7,11 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' torch==2.13.0
+# optional: nnU-Net's integrity check for the export tests (~30 s); without it those tests skip
+	$(PY) -m pip install -q -e '.[test,nnunet]' torch==2.13.0 \
+	  && $(PY) -m pip install -q --no-deps nnunetv2==2.8.1 dynamic-network-architectures==0.4.4 \
+	  || echo 'nnunetv2 not installed: the export-nnunet integrity test will skip'
 	touch $(STAMP)
 
 .PHONY: demo test slow
