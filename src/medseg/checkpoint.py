@@ -2,11 +2,19 @@
 
 Never pickles. Each file is written atomically; the config inside the safetensors header is the
 authoritative one, so weights and config can never disagree.
+
+A training run's `best` and `last` also hold the training state, so `medseg train --resume` continues exactly:
+`state.safetensors` (optimizer tensors, RNG states, the current epoch's draws) + `state.json` (everything
+else, and the index saying which tensor is which). Such a folder is written whole into a temporary sibling and
+swapped in by renames, so model and state always come from the same moment.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -17,6 +25,8 @@ from .errors import MedsegError, atomic_path
 from .models import build_model
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
+STATE, STATE_INDEX = "state.safetensors", "state.json"
+STATE_FORMAT = 1
 
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, config: dict) -> None:
@@ -43,7 +53,7 @@ def read_config(folder: Path) -> dict:
 def load_checkpoint(folder: Path) -> tuple[torch.nn.Module, dict]:
     """Rebuild the model from the checkpoint's own config and load its weights."""
     config = read_config(folder)
-    model = build_model(config["model"], config["channels"], 1, **config["model_args"])
+    model = build_model(config["model"], in_channels(config), 1, **config["model_args"])
     try:
         model.load_state_dict(load_file(str(Path(folder) / WEIGHTS)))
     except (SafetensorError, RuntimeError) as e:
@@ -58,3 +68,84 @@ def resolve_run(run: Path) -> Path:
         if (candidate / WEIGHTS).is_file():
             return candidate
     raise MedsegError(run, "no checkpoint found (expected best/model.safetensors): train a run first")
+
+
+def in_channels(config: dict) -> int:
+    """The network's input channels: the image's, times 2k + 1 for 2.5D input with k neighbours each side."""
+    return int(config["channels"]) * (2 * int(config.get("neighbours") or 0) + 1)
+
+
+def save_training_checkpoint(folder: Path, model: torch.nn.Module, config: dict, tensors: dict[str, torch.Tensor],
+                             state: dict) -> None:
+    """model.safetensors + config.json + state.safetensors + state.json, written into a temporary folder that
+    then replaces `folder` (rename the old one aside, rename the new one in, delete the old one)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        save_checkpoint(tmp, model, config)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / STATE),
+                  metadata={"medseg_state_format": str(STATE_FORMAT)})
+        (tmp / STATE_INDEX).write_text(json.dumps({"format": STATE_FORMAT, **state}, default=str) + "\n")
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)  # safetensors writes owner-only files; a run folder is meant to be shared
+        old = folder.parent / f".{folder.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover_checkpoint(folder: Path) -> None:
+    """Undo a swap cut off between its two renames: the previous checkpoint is still complete beside it."""
+    folder = Path(folder)
+    old = folder.parent / f".{folder.name}.old"
+    if not folder.exists() and old.is_dir():
+        os.replace(old, folder)
+    for stray in folder.parent.glob(f".{folder.name}.*.tmp"):
+        shutil.rmtree(stray, ignore_errors=True) if stray.is_dir() else stray.unlink(missing_ok=True)
+
+
+def load_training_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict, dict[str, torch.Tensor]]:
+    """(state tensors, state JSON, model state dict) of a training checkpoint."""
+    folder = Path(folder)
+    try:
+        state = json.loads((folder / STATE_INDEX).read_text())
+        tensors = load_file(str(folder / STATE))
+        weights = load_file(str(folder / WEIGHTS))
+    except FileNotFoundError as e:
+        raise MedsegError(folder, f"no training state here ({Path(e.filename).name} missing): cannot resume") from e
+    except (SafetensorError, json.JSONDecodeError, OSError) as e:
+        raise MedsegError(folder, f"unreadable training state ({type(e).__name__}: {e})") from e
+    if state.get("format") != STATE_FORMAT:
+        raise MedsegError(folder / STATE_INDEX, f"training state format {state.get('format')!r}, "
+                                                f"this medseg reads {STATE_FORMAT}")
+    return tensors, state, weights
+
+
+def optimizer_to_tensors(sd: dict, prefix: str = "optimizer.") -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state_dict -> (flat named tensors for safetensors, a JSON index with everything else)."""
+    tensors, index = {}, {}
+    for pid, st in sd["state"].items():
+        entry = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                name = f"{prefix}{pid}.{k}"
+                tensors[name] = v
+                entry[k] = {"tensor": name}
+            else:
+                entry[k] = {"value": v}
+        index[str(pid)] = entry
+    return tensors, {"state": index, "param_groups": sd["param_groups"]}
+
+
+def optimizer_from_tensors(tensors: dict[str, torch.Tensor], index: dict) -> dict:
+    """The inverse of optimizer_to_tensors: a state_dict for `optimizer.load_state_dict`."""
+    state = {int(pid): {k: tensors[e["tensor"]] if "tensor" in e else e["value"] for k, e in entry.items()}
+             for pid, entry in index["state"].items()}
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in index["param_groups"]]
+    return {"state": state, "param_groups": groups}

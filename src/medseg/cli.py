@@ -32,9 +32,19 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Output folder (data, 
 
 
 @app.command()
-def train(data: Path = typer.Argument(..., help="Data set folder in its published layout."),
-          out: Path = typer.Option(..., "--out", help="Run folder to create."),
-          format: str = typer.Option("auto", "--format", help="Layout: auto, lgg, busi, folder."),
+def train(data: Optional[Path] = typer.Argument(None, help="Data set folder in its published layout (with "
+                                                 "--resume: default the run's own data)."),
+          out: Optional[Path] = typer.Option(None, "--out", help="Run folder to create."),
+          resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its "
+                                                "`last` checkpoint (--epochs/--time-budget set new limits)."),
+          format: str = typer.Option("auto", "--format", help="Layout: auto, lgg, busi, ircadb, cbis, nifti, folder."),
+          preset: Optional[str] = typer.Option(None, help="A seed workflow's recipe (see `medseg presets`); "
+                                               "default: medseg's own settings."),
+          setting: list[str] = typer.Option([], "--set", help="Any plan setting as key=value, repeatable, e.g. "
+                                            "--set loss=tversky --set neighbours=1 (values parsed as JSON)."),
+          folds: Optional[int] = typer.Option(None, help="K-fold cross-validation: K folds by patient "
+                                              "(stratified where the layout has classes); use with --fold."),
+          fold: Optional[int] = typer.Option(None, help="Which fold (0..K-1) is the validation set."),
           epochs: Optional[int] = typer.Option(None, help="Stop after this many epochs."),
           time_budget: Optional[str] = typer.Option(None, help="Wall-clock budget, e.g. 20m (default 20m, "
                                                     "or none when --epochs is given)."),
@@ -43,12 +53,17 @@ def train(data: Path = typer.Argument(..., help="Data set folder in its publishe
           image_size: Optional[int] = typer.Option(None, help="Training size (square); default from the plan."),
           batch_size: Optional[int] = typer.Option(None, help="Batch size; default from the plan."),
           lr: Optional[float] = typer.Option(None, help="Peak learning rate; default from the plan."),
+          threads: Optional[int] = typer.Option(None, help="CPU threads (default 1: measured fastest on a shared "
+                                                "2-core machine, and reproducible)."),
           target: Optional[str] = typer.Option(None, help="Structure to segment where the layout has several "
                                                "(3D-IRCADb: liver, livertumor1, ...; NIfTI: a label name).")) -> None:
     """Train a U-Net: split by patient, keep RUN/best and RUN/last, log to RUN/log.csv."""
+    from .plan import parse_setting
     from .train import parse_duration, train as run_train
+    settings = dict(parse_setting(s) for s in setting) or None
     run_train(data, out, format, epochs, parse_duration(time_budget) if time_budget else None, val_fraction, seed,
-              image_size, batch_size, lr, target=target)
+              image_size, batch_size, lr, target=target, resume=resume, threads=threads, preset=preset,
+              settings=settings, folds=folds, fold=fold)
 
 
 @app.command()
@@ -115,6 +130,43 @@ def prepare(data: Path = typer.Argument(..., help="Data set folder in its publis
     r = run_prepare(data, format, target, preset, settings)
     print(f"{r['layout']}: {r['images']} images {'already cached' if r['already_cached'] else 'cached'} in "
           f"{r['seconds']:.1f}s ({r['megabytes']} MB, size {r['prep']['image_size']}): {r['cache']}")
+
+
+@app.command("inspect")
+def inspect_data(data: Path = typer.Argument(..., help="Data set folder in its published layout."),
+                 format: str = typer.Option("auto", "--format", help="Layout (default: detect)."),
+                 target: Optional[str] = typer.Option(None, help="Structure where the layout has several."),
+                 as_json: bool = typer.Option(False, "--json", help="Print the fingerprint as JSON only.")) -> None:
+    """Fingerprint a data set (counts, sizes, spacings, intensities, foreground, subgroups) and list every
+    problem found per file. Problems are findings (exit 0); exit 2 only when the data cannot be read at all."""
+    import json
+
+    from .fingerprint import fingerprint, print_fingerprint
+    fp = fingerprint(data, format, target)
+    if as_json:
+        print(json.dumps(fp, indent=2))
+    else:
+        print_fingerprint(fp)
+
+
+@app.command("export-nnunet")
+def export_nnunet_cmd(data: Path = typer.Argument(..., help="Data set folder in its published layout."),
+                      out: Path = typer.Argument(..., help="nnU-Net raw folder (nnUNet_raw) to write into."),
+                      dataset_id: int = typer.Option(..., "--id", help="nnU-Net dataset id, 1..999."),
+                      name: str = typer.Option(..., "--name", help="Dataset name (letters, digits, _ and -)."),
+                      format: str = typer.Option("auto", "--format", help="Layout (default: detect)."),
+                      target: Optional[str] = typer.Option(None, help="Structure where the layout has several."),
+                      force: bool = typer.Option(False, "--force", help="Replace an existing dataset folder.")) -> None:
+    """Write OUT/Dataset<id>_<name> in nnU-Net v2's raw format (imagesTr, labelsTr, dataset.json)."""
+    import json
+    import time
+
+    from .nnunet_export import export_nnunet
+    t0 = time.perf_counter()
+    path = export_nnunet(data, out, dataset_id, name, format, target, force)
+    meta = json.loads((path / "dataset.json").read_text())
+    print(f"wrote {path}: {meta['numTraining']} cases, {len(meta['channel_names'])} channel(s) "
+          f"in {time.perf_counter() - t0:.1f}s")
 
 
 def main(argv: list[str] | None = None) -> None:

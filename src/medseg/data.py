@@ -160,14 +160,55 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return x.mean(1).tolist(), x.std(1).clamp_min(1e-3).tolist()
 
 
-def sample_indices(masks: torch.Tensor, n: int, lesion_fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Draw `n` indices: `lesion_fraction` of them among images with foreground, the rest uniformly."""
-    has = masks.flatten(1).any(1).numpy()
-    pos = np.flatnonzero(has)
-    n_pos = int(round(n * lesion_fraction)) if len(pos) else 0
-    drawn = np.concatenate([rng.choice(pos, n_pos) if n_pos else np.empty(0, int), rng.integers(0, len(has), n - n_pos)])
-    rng.shuffle(drawn)
-    return drawn
+SAMPLING = {
+    "lesion": "lesion_fraction of the draws among images with foreground, the rest uniformly",
+    "area": "probability proportional to the mask area plus a floor of 10% of the mean area (Buda et al.)",
+    "uniform": "every image equally likely",
+}
+
+
+def mask_areas(masks: torch.Tensor) -> np.ndarray:
+    """Foreground pixels per image (N x 1 x S x S -> N): computed once per run, used by every epoch's draw."""
+    return masks.flatten(1).sum(1, dtype=torch.int64).numpy()
+
+
+def epoch_pool(areas: np.ndarray, empty_drop: float, rng: np.random.Generator) -> np.ndarray:
+    """The images eligible this epoch: each empty-mask image is left out with probability `empty_drop`
+    (the liver-CT workflow drops 60% of the mostly empty slices each epoch). Uses no randomness when 0."""
+    if not 0.0 <= empty_drop <= 1.0:
+        raise ValueError(f"empty_drop must be in [0, 1], got {empty_drop}")
+    if empty_drop == 0.0:
+        return np.arange(len(areas))
+    keep = (areas > 0) | (rng.random(len(areas)) >= empty_drop)
+    pool = np.flatnonzero(keep)
+    return pool if len(pool) else np.arange(len(areas))  # never an empty epoch
+
+
+def sample_indices(masks: torch.Tensor | np.ndarray, n: int, lesion_fraction: float, rng: np.random.Generator,
+                   mode: str = "lesion", empty_drop: float = 0.0) -> np.ndarray:
+    """Draw `n` indices (with replacement) for one epoch; deterministic given `rng`.
+
+    `masks` is N x 1 x S x S, or the N mask areas from `mask_areas`. Modes (see SAMPLING): "lesion" draws
+    `lesion_fraction` of them among images with foreground and the rest uniformly (the default, and with
+    empty_drop 0 exactly the draws of earlier medseg versions), "area" with probability proportional to
+    the mask area plus a floor, "uniform" uniformly. `empty_drop` first removes empty images (see epoch_pool).
+    """
+    areas = masks if isinstance(masks, np.ndarray) else mask_areas(masks)
+    pool = epoch_pool(areas, empty_drop, rng)
+    if mode == "lesion":
+        pos = pool[areas[pool] > 0]
+        n_pos = int(round(n * lesion_fraction)) if len(pos) else 0
+        drawn = np.concatenate([rng.choice(pos, n_pos) if n_pos else np.empty(0, int),
+                                pool[rng.integers(0, len(pool), n - n_pos)]])
+        rng.shuffle(drawn)
+        return drawn
+    if mode == "area":
+        a = areas[pool].astype(np.float64)
+        w = a + max(0.1 * a.mean(), 1e-12)  # Buda et al.: weight = area + 10% of the mean area
+        return pool[rng.choice(len(pool), n, p=w / w.sum())]
+    if mode == "uniform":
+        return pool[rng.integers(0, len(pool), n)]
+    raise ValueError(f"unknown sampling {mode!r}; known: {', '.join(SAMPLING)}")
 
 
 def batches(arrays: Arrays, indices: np.ndarray, batch_size: int, augment) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -6,6 +6,7 @@ irregular lesions whose edge is blurred; a share of the cases has no lesion at a
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,10 @@ def run_demo(out: Path, n: int = 160, size: int = 128, time_budget_s: float = 15
 
     data = make_synthetic(Path(out) / "data", n=n, size=size)
     run = Path(out) / "run"
+    # the demo starts afresh each time: its own run and predictions from an earlier demo are replaced
+    if (run / "plan.json").is_file():
+        shutil.rmtree(run)
+    shutil.rmtree(Path(out) / "predictions", ignore_errors=True)
     train(data, run, time_budget_s=time_budget_s, val_fraction=0.25, image_size=size, quiet=quiet)
     result = evaluate(run, quiet=quiet)
     val = [data / f"{case}.png" for case in sorted(__import__("json").loads((run / "plan.json").read_text())["split"]["val"])]

@@ -132,7 +132,7 @@ def split_patients(ds: DataSet, val_fraction: float, seed: int, folds: int | Non
 
 def make_plan(ds: DataSet, val_fraction: float = 0.2, seed: int = 0, preset: str | None = None,
               folds: int | None = None, fold: int | None = None, settings: dict | None = None, **overrides) -> dict:
-    plan = settings_for(ds.layout, preset, {**(settings or {}), **overrides})
+    plan = settings_for(ds.layout, preset, {**(settings or {}), **{k: v for k, v in overrides.items() if v is not None}})
     train, val = split_patients(ds, val_fraction, seed, folds, fold)
     plan.update(data_settings(ds, plan))
     plan.update({

@@ -1,0 +1,296 @@
+"""The training engine: exact resume, Ctrl-C, time budget, lock, early stopping, optimisers/schedules/sampling.
+
+Runs use the LGG replica (3 patients x 5 slices, 64 px) trained at 32 px with a tiny U-Net, so each epoch takes
+a fraction of a second; the checks are about behaviour and exact equality, not accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medseg import train as train_mod
+from medseg.checkpoint import load_training_state, optimizer_from_tensors, optimizer_to_tensors
+from medseg.cli import main
+from medseg.data import epoch_pool, sample_indices
+from medseg.optim import build_optimizer, build_schedule, lr_factor
+from medseg.train import train
+
+from conftest import write_lgg_replica
+
+TINY = {"model_args": {"features": [8, 16, 32], "res_units": 1}}
+KW = dict(image_size=32, batch_size=2, val_fraction=0.34, quiet=True)
+
+
+def run_cli(*args: str) -> int:
+    try:
+        main(list(args))
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+@pytest.fixture(scope="module")
+def lgg(tmp_path_factory) -> Path:
+    return write_lgg_replica(tmp_path_factory.mktemp("data") / "kaggle_3m")
+
+
+def weights(run: Path, which: str = "last") -> dict[str, torch.Tensor]:
+    return load_file(str(run / which / "model.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    differing = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:3]}"
+
+
+def assert_clean(run: Path) -> None:
+    stray = [p.name for p in run.rglob("*") if p.name.endswith((".tmp", ".old")) or p.name == ".lock"]
+    assert not stray, stray
+
+
+def test_resume_at_epoch_boundary_equals_uninterrupted(tmp_path, lgg):
+    """constant schedule, no warm-up: 2 epochs, then `medseg train --resume RUN --epochs 4` == 4 epochs straight."""
+    settings = {**TINY, "schedule": "constant", "warmup": 0.0}  # nothing that depends on the total length
+    train(lgg, tmp_path / "straight", epochs=4, settings=settings, **KW)
+    train(lgg, tmp_path / "split", epochs=2, settings=settings, **KW)
+    assert run_cli("train", "--resume", str(tmp_path / "split"), "--epochs", "4") == 0
+    assert_same_weights(tmp_path / "straight", tmp_path / "split")
+    log = (tmp_path / "split" / "log.csv").read_text().splitlines()
+    assert len(log) == 5 and json.loads((tmp_path / "split" / "plan.json").read_text())["epochs"] == 4
+    assert_clean(tmp_path / "split")
+
+
+def test_resume_mid_epoch_and_from_a_copied_checkpoint_equal_uninterrupted(tmp_path, lgg):
+    """cosine over 4 epochs: (a) SIGINT in epoch 3 saves `last` at that step, resume finishes it; (b) the
+    epoch-2 `last` of the uninterrupted run, copied aside and resumed. Both end with the same weights and the
+    same optimizer state as the uninterrupted run."""
+    straight, snap = tmp_path / "straight", tmp_path / "snap"
+
+    def copy_at_epoch_2(event, info):
+        if event == "epoch" and info["epoch"] == 2:
+            snap.mkdir()
+            shutil.copy(straight / "plan.json", snap / "plan.json")
+            shutil.copytree(straight / "last", snap / "last")
+
+    train(lgg, straight, epochs=4, settings=TINY, callback=copy_at_epoch_2, **KW)
+
+    def interrupt(event, info):
+        if event == "step" and info["epoch"] == 3 and info["step"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt, match="--resume"):
+        train(lgg, cut, epochs=4, settings=TINY, callback=interrupt, **KW)
+    _, state, _ = load_training_state(cut / "last")
+    assert (state["epoch"], state["pos"]) == (2, 5)
+    assert_clean(cut)
+    train(resume=cut, quiet=True)
+    train(resume=snap, quiet=True)
+    for other in (cut, snap):
+        assert_same_weights(straight, other)
+        ta, sa, _ = load_training_state(straight / "last")
+        tb, sb, _ = load_training_state(other / "last")
+        oa = optimizer_from_tensors(ta, sa["optimizer"])["state"]
+        ob = optimizer_from_tensors(tb, sb["optimizer"])["state"]
+        assert all(torch.equal(oa[p][k], ob[p][k]) for p in oa for k in oa[p] if torch.is_tensor(oa[p][k]))
+        assert [r["train_loss"] for r in sa["log"]] == [r["train_loss"] for r in sb["log"]]
+
+
+def test_ctrl_c_saves_last_and_exits_130(tmp_path, lgg):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-c", "from medseg.cli import main; main()", "train", str(lgg), "--out", str(run),
+           "--epochs", "200", "--image-size", "32", "--batch-size", "2", "--val-fraction", "0.34"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (run / "log.csv").is_file():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert f"--resume {run}" in err
+    tensors, state, _ = load_training_state(run / "last")
+    assert state["epoch"] >= 1 and any(k.startswith("optimizer.") for k in tensors)
+    assert json.loads((run / "last" / "config.json").read_text())["epoch"] == state["epoch"]
+    assert_clean(run)
+    target = state["epoch"] + 1
+    assert run_cli("train", "--resume", str(run), "--epochs", str(target)) == 0
+    assert load_training_state(run / "last")[1]["epoch"] == target
+    assert len((run / "log.csv").read_text().splitlines()) == target + 1
+
+
+def test_time_budget_stops_keeps_best_and_counts_time_spent_on_resume(tmp_path, lgg):
+    run = tmp_path / "run"
+    t0 = time.perf_counter()
+    s = train(lgg, run, time_budget_s=8, settings=TINY, **KW)
+    wall = time.perf_counter() - t0
+    assert s["stopped"] == "time budget" and 8.0 <= s["seconds"] < 11.0 and wall < 20, (s, wall)
+    log = (run / "log.csv").read_text().splitlines()[1:]
+    dice = [float(r.split(",")[4]) for r in log]
+    best = json.loads((run / "best" / "config.json").read_text())
+    assert best["val_dice"] == max(dice) and best["epoch"] == dice.index(max(dice)) + 1 == s["best_epoch"]
+    t0 = time.perf_counter()
+    s2 = train(resume=run, time_budget_s=10, quiet=True)  # 8 s already spent: about 2 s more
+    assert s2["stopped"] == "time budget" and 10.0 <= s2["seconds"] < 13.0 and time.perf_counter() - t0 < 9
+    assert s2["epochs"] > s["epochs"]
+
+
+def test_lock_blocks_a_second_training_and_stale_lock_is_taken_over(tmp_path, lgg, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text(f"{os.getpid()} {os.uname().nodename}\n")  # this very process: alive
+    assert run_cli("train", str(lgg), "--out", str(run), "--epochs", "1", "--image-size", "32") == 2
+    err = capsys.readouterr().err
+    assert str(run) in err and "another training" in err and not (run / "plan.json").exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / ".lock").write_text(f"{dead.pid} {os.uname().nodename}\n")
+    assert run_cli("train", str(lgg), "--out", str(run), "--epochs", "1", "--image-size", "32",
+                   "--batch-size", "2", "--val-fraction", "0.34") == 0
+    assert (run / "last" / "state.json").is_file() and not (run / ".lock").exists()
+    # a folder that holds a run is never trained over without --resume
+    assert run_cli("train", str(lgg), "--out", str(run), "--epochs", "1") == 2
+    assert "use --resume" in capsys.readouterr().err
+
+
+def test_early_stopping_when_dice_cannot_improve(tmp_path, lgg, monkeypatch):
+    monkeypatch.setattr(train_mod, "validate", lambda *a, **k: 0.5)
+    s = train(lgg, tmp_path / "run", epochs=10, settings={**TINY, "patience": 1}, **KW)
+    assert s["epochs"] == 2 and s["stopped"].startswith("early stop") and s["best_epoch"] == 1
+    assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("settings", [
+    {"optimizer": "adam", "schedule": "onecycle", "sampling": "area"},
+    {"optimizer": "sgd", "schedule": "plateau", "sampling": "uniform", "empty_drop": 0.6},
+    {"optimizer": "adamw", "schedule": "constant", "sampling": "lesion", "warmup": 0.0},
+])
+def test_each_optimizer_schedule_and_sampling_trains_an_epoch(tmp_path, lgg, settings):
+    run = tmp_path / "run"
+    s = train(lgg, run, epochs=1, settings={**TINY, **settings}, **KW)
+    assert s["epochs"] == 1 and math.isfinite(s["last_val_dice"])
+    tensors, state, _ = load_training_state(run / "last")
+    assert state["schedule"]["name"] == settings["schedule"]
+    n_momentum = sum(k.endswith("momentum_buffer") for k in tensors)
+    assert (n_momentum > 0) == (settings["optimizer"] == "sgd")
+    row = (run / "log.csv").read_text().splitlines()[1].split(",")
+    if settings["schedule"] == "constant":
+        assert float(row[2]) == pytest.approx(2e-3)
+    if settings["schedule"] == "onecycle":
+        assert float(row[2]) < 2e-3 * 0.05  # the last step of the run is deep in the annealing phase
+
+
+def test_neighbour_slices_train_and_evaluate(tmp_path, lgg):
+    """2.5D: k = 1 neighbour each side makes 3 x 3 input channels, in training and in the rebuilt model."""
+    from medseg.checkpoint import load_checkpoint
+    from medseg.evaluate import evaluate
+    run = tmp_path / "run"
+    train(lgg, run, epochs=1, settings={**TINY, "neighbours": 1}, **KW)
+    model, cfg = load_checkpoint(run / "best")
+    assert len(cfg["mean"]) == 9 and cfg["channels"] == 3
+    assert 0.0 <= evaluate(run, quiet=True)["dice"]["mean"] <= 1.0
+
+
+def test_schedule_shapes_and_state_round_trip():
+    plan = {"lr": 1.0, "warmup": 0.1}
+    cos = build_schedule({**plan, "schedule": "cosine"})
+    assert [cos.factor(p) for p in (0.0, 0.05, 0.5, 1.0)] == [lr_factor(p, 0.1) for p in (0.0, 0.05, 0.5, 1.0)]
+    assert build_schedule({"lr": 1.0}).name == "cosine"  # plans without the key keep today's behaviour
+    one = build_schedule({**plan, "schedule": "onecycle"})
+    assert one.factor(0.0) == pytest.approx(1 / 25) and one.factor(0.3) == pytest.approx(1.0)
+    assert one.factor(1.0) == pytest.approx(1 / 25e4) and one.momentum(0.3) == pytest.approx(0.85)
+    p = torch.nn.Parameter(torch.zeros(2))
+    for name in ("sgd", "adam"):
+        opt = build_optimizer({"lr": 0.1, "optimizer": name}, [p])
+        one.apply(opt, 0.1, 0.3)
+        g = opt.param_groups[0]
+        assert (g["momentum"] if name == "sgd" else g["betas"][0]) == pytest.approx(0.85)
+        assert g["lr"] == pytest.approx(0.1)
+    assert build_optimizer({"lr": 0.1, "optimizer": "sgd"}, [p]).param_groups[0]["nesterov"] is True
+    plateau = build_schedule({**plan, "schedule": "plateau"})
+    for dice in (0.5, 0.6, 0.6, 0.59):  # two epochs without improvement: halve
+        plateau.epoch_end(dice)
+    assert plateau.factor(0.5) == 0.5
+    again = build_schedule({**plan, "schedule": "plateau"})
+    again.load_state_dict(json.loads(json.dumps(plateau.state_dict())))
+    assert again.state_dict() == plateau.state_dict() and again.factor(0.5) == 0.5
+    const = build_schedule({**plan, "schedule": "constant"})
+    assert const.factor(0.0) == pytest.approx(0.1) and const.factor(0.9) == 1.0
+
+
+def test_optimizer_state_round_trips_through_tensors_and_json():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    for name in ("adamw", "sgd"):
+        opt = build_optimizer({"lr": 0.1, "optimizer": name, "weight_decay": 1e-4}, net.parameters())
+        net(torch.randn(4, 3)).sum().backward()
+        opt.step()
+        tensors, index = optimizer_to_tensors(opt.state_dict())
+        index = json.loads(json.dumps(index))
+        fresh = build_optimizer({"lr": 0.1, "optimizer": name, "weight_decay": 1e-4}, net.parameters())
+        fresh.load_state_dict(optimizer_from_tensors(tensors, index))
+        a, b = opt.state_dict(), fresh.state_dict()
+        assert a["param_groups"] == b["param_groups"]
+        assert all(torch.equal(a["state"][i][k], b["state"][i][k]) for i in a["state"] for k in a["state"][i])
+
+
+def _old_lesion_sampler(masks, n, lesion_fraction, rng):
+    """sample_indices before sampling modes existed (medseg 0.1): the default must draw exactly the same."""
+    has = masks.flatten(1).any(1).numpy()
+    pos = np.flatnonzero(has)
+    n_pos = int(round(n * lesion_fraction)) if len(pos) else 0
+    drawn = np.concatenate([rng.choice(pos, n_pos) if n_pos else np.empty(0, int),
+                            rng.integers(0, len(has), n - n_pos)])
+    rng.shuffle(drawn)
+    return drawn
+
+
+def _masks(areas: list[int]) -> torch.Tensor:
+    m = torch.zeros(len(areas), 1, 10, 10, dtype=torch.uint8)
+    for i, a in enumerate(areas):
+        m[i].view(-1)[:a] = 1
+    return m
+
+
+def test_sampling_modes_are_deterministic_and_weighted():
+    masks = _masks([0, 0, 10, 30, 60])
+    old = _old_lesion_sampler(masks, 500, 0.5, np.random.default_rng(3))
+    assert np.array_equal(sample_indices(masks, 500, 0.5, np.random.default_rng(3)), old)
+    draws = sample_indices(masks, 40000, 0.5, np.random.default_rng(0), mode="area")
+    assert np.array_equal(draws, sample_indices(masks, 40000, 0.5, np.random.default_rng(0), mode="area"))
+    w = np.array([0, 0, 10, 30, 60]) + 0.1 * 20  # area + 10% of the mean area (Buda et al.)
+    freq = np.bincount(draws, minlength=5) / len(draws)
+    assert np.allclose(freq, w / w.sum(), atol=0.01), freq
+    lesion = freq[2:] / freq[2:].sum()
+    assert np.allclose(lesion, w[2:] / w[2:].sum(), atol=0.01)  # lesion images in proportion to area
+    uni = np.bincount(sample_indices(masks, 20000, 0.5, np.random.default_rng(0), mode="uniform"), minlength=5)
+    assert np.allclose(uni / 20000, 0.2, atol=0.015)
+
+
+def test_empty_drop_drops_about_that_share_of_empty_images():
+    areas = np.array([0] * 2000 + [5] * 100)
+    pool = epoch_pool(areas, 0.6, np.random.default_rng(0))
+    kept_empty = np.sum(areas[pool] == 0) / 2000
+    assert 0.37 <= kept_empty <= 0.43 and np.sum(areas[pool] > 0) == 100
+    assert len(epoch_pool(areas, 0.0, np.random.default_rng(0))) == len(areas)
+    drawn = sample_indices(areas, 5000, 0.0, np.random.default_rng(1), mode="uniform", empty_drop=0.6)
+    empty_share = np.mean(areas[drawn] == 0)
+    assert abs(empty_share - 800 / 900) < 0.03  # ~800 of 2000 empty images left beside the 100 lesion ones
