@@ -45,6 +45,8 @@ def train(data: Optional[Path] = typer.Argument(None, help="Data set folder in i
           folds: Optional[int] = typer.Option(None, help="K-fold cross-validation: K folds by patient "
                                               "(stratified where the layout has classes); use with --fold."),
           fold: Optional[int] = typer.Option(None, help="Which fold (0..K-1) is the validation set."),
+          encoder_weights: Optional[Path] = typer.Option(None, help="Pretrained encoder weights, a local file "
+                                                         "(vgg16-unet: torchvision .pth or .safetensors); never downloaded."),
           epochs: Optional[int] = typer.Option(None, help="Stop after this many epochs."),
           time_budget: Optional[str] = typer.Option(None, help="Wall-clock budget, e.g. 20m (default 20m, "
                                                     "or none when --epochs is given)."),
@@ -61,6 +63,8 @@ def train(data: Optional[Path] = typer.Argument(None, help="Data set folder in i
     from .plan import parse_setting
     from .train import parse_duration, train as run_train
     settings = dict(parse_setting(s) for s in setting) or None
+    if encoder_weights:
+        settings = {**(settings or {}), "encoder_weights": str(encoder_weights)}
     run_train(data, out, format, epochs, parse_duration(time_budget) if time_budget else None, val_fraction, seed,
               image_size, batch_size, lr, target=target, resume=resume, threads=threads, preset=preset,
               settings=settings, folds=folds, fold=fold)

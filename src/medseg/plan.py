@@ -38,6 +38,8 @@ DEFAULTS = {
     "neighbours": 0,  # 2.5D: k slices above and below as extra channels (slice data sets only)
     "intensity_override": None,  # replaces the layout's intensity rule, e.g. a CT window for NIfTI CT
     "headline_metric": "dice",  # dice | iou: the metric the report leads with
+    "encoder_weights": None,  # pretrained encoder file (vgg16-unet); None: torchvision's file in the hub cache if present
+    "freeze_encoder_epochs": 0,  # keep a pretrained encoder fixed for the first N epochs
 }
 # What a layout needs whatever the preset: CT-sized images with much background are mostly empty slices.
 LAYOUT_DEFAULTS: dict[str, dict] = {

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import threading
@@ -47,6 +48,7 @@ from .models import build_model
 from .optim import build_optimizer, build_schedule, lr_factor  # noqa: F401  (lr_factor: re-exported)
 from .plan import make_plan
 from .transforms import augmentation, normalize
+from .weights import encoder_settings, load_encoder_weights
 
 console = Console(stderr=True)
 TB_IMAGE_EVERY = 5  # epochs between validation overlay images in TensorBoard (and the first epoch)
@@ -292,11 +294,12 @@ def _train(d: Dist, data, out, layout, epochs, time_budget_s, val_fraction, seed
                                    f"change (got {', '.join(changed)})")
 
     lock = RunLock(run) if d.main else None
-    problem = None
+    problem, created = None, False
     if d.main:
         try:
             if resume is not None and not (run / "plan.json").is_file():
                 raise MedsegError(run, "not a medseg run folder (no plan.json): nothing to resume")
+            created = not run.exists()
             run.mkdir(parents=True, exist_ok=True)
             lock.acquire()
             if resume is None and any((run / n).exists() for n in ("plan.json", "last", "best")):
@@ -311,6 +314,13 @@ def _train(d: Dist, data, out, layout, epochs, time_budget_s, val_fraction, seed
         return _train_locked(d, run, data, layout, epochs, time_budget_s, val_fraction, seed, image_size,
                              batch_size, lr, quiet, target, preset, settings, folds, fold, resume is not None,
                              threads, callback)
+    except MedsegError:
+        # bad input found before the run began (data, settings, weights file): leave no folder behind
+        if d.main and created and not (run / "plan.json").exists():
+            lock.release()
+            lock = None
+            shutil.rmtree(run, ignore_errors=True)
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -364,6 +374,7 @@ def _train_locked(d: Dist, run: Path, data, layout, epochs, time_budget_s, val_f
                                    f"the run had {plan['n_items']['train']}")
     if not resuming:
         plan["mean"], plan["std"] = channel_stats(tr.images)
+        plan.update(encoder_settings(plan, quiet))
         plan["n_items"] = {"train": len(tr.items), "val": len(va.items)}
     if d.main:
         with atomic_path(run / "plan.json") as tmp:
@@ -392,6 +403,8 @@ def _loop(d: Dist, run: Path, plan: dict, ds, tr: Arrays, va: Arrays, seed: int,
     torch.manual_seed(seed)
     random.seed(seed)
     module = build_model(plan["model"], in_channels(plan), 1, **plan["model_args"])
+    if plan.get("encoder_weights") and not resuming:
+        load_encoder_weights(module, plan["encoder_weights"])
     module = module.to(device=device, memory_format=torch.channels_last)
     if d.rank:  # ranks share the initial weights (DDP also broadcasts them) but not their dropout draws
         torch.manual_seed(seed + 7919 * d.rank)
@@ -489,6 +502,8 @@ def _loop(d: Dist, run: Path, plan: dict, ds, tr: Arrays, va: Arrays, seed: int,
                                              plan.get("sampling", "lesion"), plan.get("empty_drop", 0.0))
                     pos, losses, seen = 0, [], 0
                 share = np.asarray(indices)[d.rank::d.world][:per_rank]
+                if hasattr(module, "set_encoder_trainable"):  # pretrained encoders: frozen for the first N epochs
+                    module.set_encoder_trainable(epoch >= int(plan.get("freeze_encoder_epochs") or 0))
                 model.train()
                 t0, seen0, why = time.perf_counter(), seen, None
                 prog = d.max([progress(pos) if d.main else 0.0])[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import torch
@@ -59,6 +60,27 @@ def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> None:
         model.load_encoder(read_state_dict(path))
     except ValueError as e:
         raise MedsegError(path, str(e)) from e
+
+
+def encoder_settings(plan: dict, quiet: bool = False) -> dict:
+    """For a model with a pretrained encoder: which weights file (the one given, else torchvision's file in
+    the hub cache) and the normalisation that goes with it. ImageNet mean/std replace the data set's only
+    when ImageNet weights are used (grey input: the mean of the three channels' values); the plan records it."""
+    if plan["model"] != "vgg16-unet":
+        return {"normalization": "dataset"}
+    path = plan.get("encoder_weights") or find_vgg16(bool(plan["model_args"].get("batch_norm", False)))
+    if path is None:
+        if not quiet:
+            print("note: no VGG16 ImageNet weights given (--encoder-weights) or found in "
+                  f"{hub_cache()}: the encoder trains from scratch", file=sys.stderr)
+        return {"encoder_weights": None, "normalization": "dataset"}
+    from .models.vgg16_unet import IMAGENET_MEAN, IMAGENET_STD, VGG16UNet
+    # check the file now, before the run folder gets its plan: a wrong file is bad input, not a crash later
+    load_encoder_weights(VGG16UNet(len(plan["mean"]), 1, bool(plan["model_args"].get("batch_norm", False))), path)
+    c = len(plan["mean"])
+    mean = list(IMAGENET_MEAN) if c == 3 else [sum(IMAGENET_MEAN) / 3] * c
+    std = list(IMAGENET_STD) if c == 3 else [sum(IMAGENET_STD) / 3] * c
+    return {"encoder_weights": str(Path(path).resolve()), "normalization": "imagenet", "mean": mean, "std": std}
 
 
 def convert(src: str | Path, dst: str | Path) -> Path:
