@@ -1,0 +1,110 @@
+"""Augmentation sets: labels stay binary and on the image, shapes are kept, set_random_state reproduces a
+run, and "default" is still the set the measured runs used."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from monai import transforms as mt
+
+from medseg.errors import MedsegError
+from medseg.transforms import AUGMENTATIONS, IMAGE, LABEL, augmentation
+
+
+def square(size: int = 64, channels: int = 3) -> dict:
+    """A bright off-centre rectangle (so a flip of the image alone would leave the mask behind) and its mask."""
+    g = torch.Generator().manual_seed(0)
+    mask = torch.zeros(1, size, size)
+    mask[:, size // 8: size // 2, size // 6: size * 5 // 8] = 1
+    image = (0.1 + 0.7 * mask + 0.05 * torch.rand(channels, size, size, generator=g)).clamp(0, 1)
+    return {IMAGE: image, LABEL: mask}
+
+
+def test_every_set_is_described_and_builds():
+    assert {"none", "default", "flips", "busi", "lgg", "liver-ct", "cbis", "strong"} <= set(AUGMENTATIONS)
+    for name, description in AUGMENTATIONS.items():
+        assert description and isinstance(augmentation(name), mt.Compose)
+
+
+@pytest.mark.parametrize("name", list(AUGMENTATIONS))
+def test_labels_stay_binary_aligned_and_shapes_kept(name):
+    aug = augmentation(name)
+    aug.set_random_state(seed=1)
+    sample = square()
+    moved = 0
+    for _ in range(12):
+        out = aug({k: v.clone() for k, v in sample.items()})
+        img, lab = torch.as_tensor(out[IMAGE]), torch.as_tensor(out[LABEL])
+        assert img.shape == sample[IMAGE].shape and lab.shape == sample[LABEL].shape
+        assert set(lab.unique().tolist()) <= {0.0, 1.0}
+        assert lab.sum() > 0.5 * sample[LABEL].sum()
+        # Aligned: the mask covers the bright pixels. Threshold the image halfway between its dark and bright
+        # levels (after any brightness/contrast change) and compare with the mask.
+        grey = img.mean(0)
+        lo, hi = np.percentile(grey.numpy(), [10, 90])
+        overlap = ((grey > (lo + hi) / 2) & (lab[0] > 0)).sum() / lab.sum()
+        assert overlap > 0.85, (name, float(overlap))
+        assert grey[lab[0] > 0].mean() > grey[lab[0] == 0].mean() + 0.3
+        moved += not torch.equal(lab, sample[LABEL])
+    geometric = name not in ("none", "liver-ct")
+    assert (moved > 0) == geometric
+
+
+@pytest.mark.parametrize("name", list(AUGMENTATIONS))
+def test_set_random_state_reproduces(name):
+    runs = []
+    for seed in (5, 5, 6):
+        aug = augmentation(name)
+        aug.set_random_state(seed=seed)
+        runs.append([torch.as_tensor(aug(square(32))[IMAGE]) for _ in range(16)])
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
+    differs = any(not torch.equal(a, b) for a, b in zip(runs[0], runs[2]))
+    assert differs == (name != "none")
+
+
+def test_default_is_unchanged():
+    """The measured runs used this exact composition; the same seed must give the same samples."""
+    old = mt.Compose([
+        mt.RandFlipd(keys=[IMAGE, LABEL], spatial_axis=1, prob=0.5),
+        mt.RandAffined(keys=[IMAGE, LABEL], prob=0.7, rotate_range=np.pi / 12, scale_range=0.15,
+                       translate_range=0.0, mode=("bilinear", "nearest"), padding_mode="zeros"),
+        mt.RandScaleIntensityd(keys=IMAGE, factors=0.15, prob=0.5),
+        mt.RandShiftIntensityd(keys=IMAGE, offsets=0.1, prob=0.5),
+        mt.RandAdjustContrastd(keys=IMAGE, gamma=(0.7, 1.5), prob=0.3),
+        mt.RandGaussianNoised(keys=IMAGE, std=0.05, prob=0.2),
+    ])
+    new = augmentation("default")
+    old.set_random_state(seed=3)
+    new.set_random_state(seed=3)
+    for _ in range(8):
+        a, b = old(square(32)), new(square(32))
+        assert torch.equal(torch.as_tensor(a[IMAGE]), torch.as_tensor(b[IMAGE]))
+        assert torch.equal(torch.as_tensor(a[LABEL]), torch.as_tensor(b[LABEL]))
+
+
+def test_unknown_set_is_a_medseg_error():
+    with pytest.raises(MedsegError, match="unknown augmentation 'heavy'"):
+        augmentation("heavy")
+
+
+def test_per_sample_cost(capsys):
+    """Printed, not asserted (shared CPU): the cost of each set per 3-channel sample at 128 and 256 pixels."""
+    rows = []
+    for name in AUGMENTATIONS:
+        aug = augmentation(name)
+        aug.set_random_state(seed=0)
+        costs = []
+        for size in (128, 256):
+            sample = square(size)
+            aug(sample)  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(10):
+                out = aug(sample)
+            costs.append((time.perf_counter() - t0) / 10 * 1e3)
+            assert out[IMAGE].shape == sample[IMAGE].shape
+        rows.append(f"{name:10s} {costs[0]:7.2f} ms {costs[1]:7.2f} ms")
+    with capsys.disabled():
+        print("\naugmentation cost per sample (128x128, 256x256):\n" + "\n".join(rows))

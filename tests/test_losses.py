@@ -1,0 +1,103 @@
+"""Loss registry: every loss is finite and falls as logits move toward the targets; Dice and pos_weight
+agree with hand computations; bad names and arguments are MedsegErrors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medseg.errors import MedsegError
+from medseg.losses import LOSSES, build_loss
+from medseg.plan import DEFAULTS
+
+
+def case(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.rand(3, 1, 16, 16, generator=g) > 0.7).float()
+    y[1] = 0  # an empty slice in the batch, as training sees
+    return torch.randn(3, 1, 16, 16, generator=g), y
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_finite_and_falls_toward_the_targets(name):
+    logits, y = case()
+    loss_fn = build_loss(name)
+    assert torch.isfinite(loss_fn(logits, y))
+    toward = [loss_fn(t * (2 * y - 1) + (1 - t) * logits, y).item() for t in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    assert all(a > b for a, b in zip(toward, toward[1:])), toward
+    logits.requires_grad_(True)
+    loss_fn(logits, y).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_dice_is_one_minus_soft_dice_by_hand():
+    logits = torch.tensor([[[[2.0, -1.0], [0.5, -3.0]]], [[[-2.0, 1.0], [0.0, 4.0]]]])
+    y = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]], [[[0.0, 0.0], [1.0, 1.0]]]])
+    p = torch.sigmoid(logits)
+    nr, dr = 1e-3, 2e-3
+    by_hand = 1 - (2 * (p * y).sum() + nr) / (p.sum() + y.sum() + dr)  # pooled over the batch
+    assert build_loss("dice", smooth_nr=nr, smooth_dr=dr)(logits, y).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    per_image = 1 - (2 * (p * y).sum((1, 2, 3)) + nr) / (p.sum((1, 2, 3)) + y.sum((1, 2, 3)) + dr)
+    assert build_loss("dice", smooth_nr=nr, smooth_dr=dr, batch=False)(logits, y).item() == pytest.approx(
+        per_image.mean().item(), rel=1e-6)
+
+
+def test_pos_weight_scales_the_positive_terms_of_bce():
+    logits, y = case(1)
+    p = torch.sigmoid(logits)
+    w = 3.0
+    by_hand = -(w * y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+    assert build_loss("bce", pos_weight=w)(logits, y).item() == pytest.approx(by_hand.item(), rel=1e-5)
+    ones, zeros = torch.ones_like(y), torch.zeros_like(y)
+    assert build_loss("bce", pos_weight=w)(logits, ones).item() == pytest.approx(
+        w * build_loss("bce")(logits, ones).item(), rel=1e-6)
+    assert build_loss("bce", pos_weight=w)(logits, zeros).item() == pytest.approx(
+        build_loss("bce")(logits, zeros).item(), rel=1e-6)
+
+
+def test_bce_dice_pos_weight_weights_only_the_bce_term():
+    logits, y = case(2)
+    plain, weighted = build_loss("bce+dice"), build_loss("bce+dice", pos_weight=4.0)
+    dice = build_loss("dice")(logits, y)
+    assert plain(logits, y).item() == pytest.approx((dice + build_loss("bce")(logits, y)).item(), rel=1e-6)
+    assert weighted(logits, y).item() == pytest.approx((dice + build_loss("bce", pos_weight=4.0)(logits, y)).item(),
+                                                       rel=1e-6)
+
+
+def test_focal_with_gamma_zero_is_bce():
+    logits, y = case(3)
+    assert build_loss("focal", gamma=0.0)(logits, y).item() == pytest.approx(build_loss("bce")(logits, y).item(), rel=1e-5)
+    assert build_loss("focal")(logits, y) < build_loss("bce")(logits, y)  # easy pixels are down-weighted
+
+
+def test_tversky_weighs_false_negatives_by_beta():
+    y = torch.zeros(1, 1, 8, 8)
+    y[..., 2:6, 2:6] = 1
+    missed = torch.full_like(y, -5.0)
+    missed[..., 2:6, 2:4] = 5.0  # finds 8 of the 16 foreground pixels: 8 false negatives
+    extra = torch.where(y > 0, 5.0, -5.0)
+    extra[..., 0, 0:8] = 5.0  # finds all, plus 8 false positives
+    recall = build_loss("tversky", alpha=0.3, beta=0.7)
+    assert recall(missed, y) > recall(extra, y)
+    precision = build_loss("tversky", alpha=0.7, beta=0.3)
+    assert precision(missed, y) < precision(extra, y)
+    logits, yy = case(4)
+    assert build_loss("tversky")(logits, yy).item() == pytest.approx(build_loss("dice")(logits, yy).item(), rel=1e-6)
+
+
+def test_default_plan_builds():
+    assert isinstance(build_loss(DEFAULTS["loss"], **DEFAULTS["loss_args"]), torch.nn.Module)
+
+
+@pytest.mark.parametrize("name,kwargs,needle", [
+    ("iou", {}, "unknown loss 'iou'"),
+    ("dice", {"pos_weight": 2.0}, "bad loss_args"),
+    ("bce", {"pos_weight": -1}, "pos_weight must be > 0"),
+    ("bce+dice", {"pos_weight": "heavy"}, "must be a number"),
+    ("focal", {"alpha": 2.0}, "focal alpha"),
+    ("tversky", {"alpha": 0, "beta": 0}, "alpha \\+ beta > 0"),
+    ("dice", {"smooth_dr": -1e-5}, "smooth_dr must be >= 0"),
+])
+def test_bad_loss_requests_are_medseg_errors(name, kwargs, needle):
+    with pytest.raises(MedsegError, match=needle):
+        build_loss(name, **kwargs)
