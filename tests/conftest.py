@@ -22,6 +22,16 @@ def _private_cache(tmp_path_factory):
     os.environ["MEDSEG_CACHE"] = str(tmp_path_factory.mktemp("medseg-cache"))
 
 
+def run_cli(*args: str) -> int:
+    """Run `medseg ARGS` in-process; the exit code it would give."""
+    from medseg.cli import main
+    try:
+        main(list(args))
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
 def need(path: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"real data not available: {path} is absent (see ../shared/data/README.md)")

@@ -14,17 +14,10 @@ from PIL import Image
 from safetensors import safe_open
 
 from medseg.checkpoint import load_checkpoint
-from medseg.cli import main
 from medseg.evaluate import evaluate
 from medseg.train import parse_duration, train
 
-
-def run_cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
+from conftest import run_cli
 
 
 def _tiny_run(tmp_path_factory, data, name):

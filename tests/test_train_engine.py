@@ -23,23 +23,14 @@ from safetensors.torch import load_file
 
 from medseg import train as train_mod
 from medseg.checkpoint import load_training_state, optimizer_from_tensors, optimizer_to_tensors
-from medseg.cli import main
 from medseg.data import epoch_pool, sample_indices
 from medseg.optim import build_optimizer, build_schedule, lr_factor
 from medseg.train import train
 
-from conftest import write_lgg_replica
+from conftest import run_cli, write_lgg_replica
 
 TINY = {"model_args": {"features": [8, 16, 32], "res_units": 1}}
 KW = dict(image_size=32, batch_size=2, val_fraction=0.34, quiet=True)
-
-
-def run_cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module")

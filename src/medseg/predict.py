@@ -68,6 +68,9 @@ def collect_inputs(inputs: list[Path]) -> list[tuple[Path, Path]]:
 def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, tta: bool = False,
                   quiet: bool = False) -> list[Path]:
     predictor = Predictor.load(run, tta=tta)
+    if predictor.plan.get("neighbours"):
+        raise MedsegError(run, "this run takes 2.5D input (neighbouring slices as channels), which per-file "
+                               "prediction cannot assemble yet: use `medseg evaluate RUN DATA --split all`")
     todo = collect_inputs([Path(p) for p in inputs])
     out = Path(out)
     created = not out.exists()
