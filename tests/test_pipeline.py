@@ -104,9 +104,10 @@ def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("verb", [None, "demo", "train", "evaluate", "predict"])
+@pytest.mark.parametrize("verb", [None, "demo", "train", "evaluate", "predict", "presets", "prepare", "inspect",
+                                  "export-nnunet", "weights", "weights convert"])
 def test_every_verb_has_help(verb, capsys):
-    assert run_cli(*([verb] if verb else []), "--help") == 0
+    assert run_cli(*(verb.split() if verb else []), "--help") == 0
     assert "Usage" in capsys.readouterr().out
 
 

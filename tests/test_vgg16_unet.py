@@ -101,3 +101,13 @@ def test_convert_to_safetensors_and_hub_cache_lookup(tmp_path, monkeypatch):
     (tmp_path / "th" / "hub" / "checkpoints").mkdir(parents=True)
     src.rename(tmp_path / "th" / "hub" / "checkpoints" / src.name)
     assert weights.find_vgg16(False) == tmp_path / "th" / "hub" / "checkpoints" / src.name
+
+
+def test_weights_convert_command(tmp_path):
+    from conftest import run_cli
+    src = tmp_path / "vgg16.pth"
+    torch.save(torchvision_state(False), src)
+    assert run_cli("weights", "convert", str(src), str(tmp_path / "v.safetensors")) == 0
+    assert (tmp_path / "v.safetensors").is_file()
+    assert run_cli("weights", "convert", str(tmp_path / "absent.pth"), str(tmp_path / "w.safetensors")) == 2
+    assert not (tmp_path / "w.safetensors").exists()

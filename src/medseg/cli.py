@@ -173,6 +173,21 @@ def export_nnunet_cmd(data: Path = typer.Argument(..., help="Data set folder in 
           f"in {time.perf_counter() - t0:.1f}s")
 
 
+weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights files (local only; never downloaded).")
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("convert")
+def weights_convert(src: Path = typer.Argument(..., help="torchvision state dict (.pth), e.g. vgg16-397923af.pth."),
+                    dst: Path = typer.Argument(..., help="Output .safetensors file.")) -> None:
+    """Turn a torchvision state dict into a safetensors file (same keys; loads without unpickling)."""
+    from .errors import MedsegError
+    from .weights import convert
+    if dst.suffix != ".safetensors":
+        raise MedsegError(dst, "the output must end in .safetensors")
+    print(f"wrote {convert(src, dst)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
