@@ -37,3 +37,15 @@ def test_summary_statistics():
     assert s["n"] == 4 and s["mean"] == pytest.approx(0.625) and s["median"] == pytest.approx(0.75)
     assert s["ci95_low"] <= s["mean"] <= s["ci95_high"]
     assert metrics.summarize([]) == {"n": 0}
+
+
+def test_soft_overlap_equals_hard_on_binary_maps_and_adds_over_slices():
+    rng = np.random.default_rng(0)
+    gt = rng.random((2, 16, 16)) > 0.6
+    pred = rng.random((2, 16, 16)) > 0.5
+    soft = metrics.soft_scores(metrics.add(metrics.soft_counts(pred[0], gt[0]), metrics.soft_counts(pred[1], gt[1])))
+    hard = metrics.scores(metrics.counts(pred, gt))
+    assert soft["soft_dice"] == pytest.approx(hard["dice"]) and soft["soft_iou"] == pytest.approx(hard["iou"])
+    half = metrics.soft_scores(metrics.soft_counts(np.full((4, 4), 0.5), np.ones((4, 4), bool)))
+    assert half["soft_iou"] == pytest.approx(0.5) and half["soft_dice"] == pytest.approx(2 / 3)
+    assert metrics.soft_scores(metrics.soft_counts(np.zeros((2, 2)), np.zeros((2, 2), bool)))["soft_iou"] == 1.0

@@ -62,8 +62,9 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
                         recent[j] = read_item(items[j], prep)[0]
                 net_input = np.concatenate([recent[j] for j in around[i]])
                 recent = {j: v for j, v in recent.items() if j >= i - k}
-            pred = predictor.mask(net_input if around else img)
-            c = metrics.counts(pred, gt)
+            prob = predictor.probabilities(net_input if around else img)
+            pred = prob >= plan["threshold"]
+            c = {**metrics.counts(pred, gt), **metrics.soft_counts(prob, gt)}
             per_case[it.case] = metrics.add(per_case[it.case], c)
             slices.append({"case": it.case, "image": str(it.image), "slice": it.index,
                            "gt_pixels": int(gt.sum()), "pred_pixels": int(pred.sum()), **metrics.scores(c)})
@@ -82,6 +83,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
             row["group"] = str(meta_of[case].get(group_key, ""))
         row.update({k: str(meta_of[case].get(k, "")) for k in keys if k != group_key})
         row.update(metrics.scores(c))
+        row.update(metrics.soft_scores(c))
         row.update({"gt_pixels": c["fn"] + c["tp"], "pred_pixels": c["tp"] + c["fp"],
                     "images": sum(1 for s in slices if s["case"] == case)})
         cases.append(row)
@@ -95,6 +97,8 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
         "n_cases": len(cases), "n_lesion_cases": len(lesion), "n_empty_cases": len(empty),
         "dice": metrics.summarize([r["dice"] for r in lesion]),
         "iou": metrics.summarize([r["iou"] for r in lesion]),
+        "iou_soft": metrics.summarize([r["soft_iou"] for r in lesion]),
+        "headline": plan.get("headline_metric", "dice"),
         "precision": metrics.summarize([r["precision"] for r in lesion]),
         "recall": metrics.summarize([r["recall"] for r in lesion]),
         "dice_all_cases": metrics.summarize([r["dice"] for r in cases]),
@@ -161,10 +165,14 @@ def _write_outputs(folder: Path, result: dict, cases: list[dict], slices: list[d
     d = result["dice"]
     summary = {"Data": result["data"], "Layout": result["layout"], "Split": f"{result['split']} ({result['n_cases']} {result['unit']}s)",
                "Level": result["level"], "Lesion cases": result["n_lesion_cases"],
+               **({"IoU mean (headline metric)": result["iou"].get("mean"), "IoU median": result["iou"].get("median")}
+                  if result["headline"] == "iou" else {}),
                "Dice mean (lesion cases)": d.get("mean"), "Dice median": d.get("median"),
                "Dice IQR": f"{d.get('q1', float('nan')):.3f} to {d.get('q3', float('nan')):.3f}",
                "Dice 95% CI of mean": f"{d.get('ci95_low', float('nan')):.3f} to {d.get('ci95_high', float('nan')):.3f}",
-               "IoU mean": result["iou"].get("mean"), "Precision mean": result["precision"].get("mean"),
+               "IoU mean": result["iou"].get("mean"),
+               "IoU mean of soft masks (probabilities, as the Keras seeds score)": result["iou_soft"].get("mean"),
+               "Precision mean": result["precision"].get("mean"),
                "Recall mean": result["recall"].get("mean"), "Dice mean (all cases)": result["dice_all_cases"].get("mean"),
                "Empty cases": result["n_empty_cases"],
                "Empty cases predicted empty": result["empty_cases_predicted_empty"],
@@ -186,7 +194,10 @@ def _print_summary(result: dict) -> None:
     t = Table(title=f"{result['layout']} · split {result['split']} · {result['level']}")
     for col in ("metric", "mean", "median", "q1", "q3", "n"):
         t.add_column(col, justify="right" if col != "metric" else "left")
-    for key in ("dice", "iou", "precision", "recall", "dice_all_cases"):
+    keys = ["dice", "iou", "iou_soft", "precision", "recall", "dice_all_cases"]
+    if result.get("headline") == "iou":
+        keys = ["iou", "iou_soft", "dice", "precision", "recall", "dice_all_cases"]
+    for key in keys:
         s = result[key]
         if s.get("n"):
             t.add_row(key, *(f"{s[k]:.3f}" for k in ("mean", "median", "q1", "q3")), str(s["n"]))

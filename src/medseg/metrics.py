@@ -34,6 +34,20 @@ def scores(c: dict[str, int]) -> dict[str, float]:
     }
 
 
+def soft_counts(prob: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """Sums for overlap of a probability map with the ground truth (the seeds' Keras metrics score
+    sigmoid outputs this way); like `counts`, they add up over a patient's slices."""
+    p, g = prob.astype(np.float64), gt.astype(np.float64)
+    return {"soft_i": float((p * g).sum()), "soft_p": float(p.sum()), "soft_g": float(g.sum())}
+
+
+def soft_scores(c: dict) -> dict[str, float]:
+    i, p, g = c["soft_i"], c["soft_p"], c["soft_g"]
+    if p + g == 0:
+        return {"soft_dice": 1.0, "soft_iou": 1.0}
+    return {"soft_dice": 2 * i / (p + g), "soft_iou": i / (p + g - i)}
+
+
 def add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     return {k: a.get(k, 0) + b[k] for k in b}
 
