@@ -18,7 +18,7 @@ import numpy as np
 
 from .adapters import DataSet, Item, load_dataset
 from .errors import MedsegError
-from .imageio import _read_raw, read_image, to_unit  # _read_raw: stored values, before the intensity rule
+from .imageio import read_raw, read_image, to_unit
 
 PERCENTILES = (0.5, 50.0, 99.5)
 SAMPLE_PER_IMAGE = 10_000  # pixels per image and channel pooled for the percentiles (nnU-Net samples too)
@@ -47,7 +47,7 @@ def _fit(arr: np.ndarray, channels: int, path: Path) -> np.ndarray:
 
 
 def _planes(path: Path, z: int | None) -> np.ndarray:
-    arr = _read_raw(Path(path), z)
+    arr = read_raw(Path(path), z)
     return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
 
 
@@ -209,7 +209,7 @@ def fingerprint(data: str | Path | DataSet, layout: str = "auto", target: str | 
                     ok = False
                     continue
                 try:
-                    arr = _read_raw(Path(m), it.z)
+                    arr = read_raw(Path(m), it.z)
                 except MedsegError as e:
                     problem("unreadable file", e.path or m, e.problem)
                     ok = False

@@ -113,12 +113,11 @@ def _check_file(path: Path) -> None:
         raise MedsegError(path, "file is empty (0 bytes)")
 
 
-def _read_raw(path: Path, z: int | None = None) -> np.ndarray:
+def read_raw(path: Path, z: int | None = None) -> np.ndarray:
+    """The stored values of a 2D image, DICOM or volume slice (before any intensity rule), shape-checked."""
     _check_file(path)
     if is_volume(path):
         vol, _ = read_volume(path)
-        if vol.ndim == 4:  # Z x Y x X x C (vector image): channels last, as 2D colour images
-            pass
         if z is None:
             if vol.shape[0] != 1:
                 raise MedsegError(path, f"a volume of {vol.shape[0]} slices where one 2D image was expected")
@@ -187,7 +186,7 @@ def read_image(path: Path, channels: int, intensity: dict | None = None, z: int 
         arr = np.concatenate(planes)
         return arr if arr.shape[0] == channels else _fit_channels(arr, channels)
     path = Path(path)
-    raw = _read_raw(path, z)
+    raw = read_raw(path, z)
     if intensity.get("mode") == "percentile" and is_volume(path):  # the whole volume's, computed once
         lo, hi = _volume_percentiles(path, float(intensity.get("low", 0.5)), float(intensity.get("high", 99.5)))
         arr = to_unit(raw, {"mode": "window", "low": lo, "high": hi}, path)
@@ -214,7 +213,7 @@ def read_mask(paths: list[Path], shape: tuple[int, int], values: tuple[int, ...]
     foreground (multi-class masks); without, binary masks are thresholded at half their maximum."""
     out = np.zeros(shape, dtype=bool)
     for p in paths:
-        arr = _read_raw(Path(p), z)
+        arr = read_raw(Path(p), z)
         if arr.ndim == 3:
             arr = arr.max(axis=-1)
         if arr.shape != tuple(shape):
@@ -229,7 +228,7 @@ def read_mask(paths: list[Path], shape: tuple[int, int], values: tuple[int, ...]
 
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) of an image file, reading only what is needed."""
-    return _read_raw(Path(path)).shape[:2]  # only 2D files: volumes and DICOM go through their adapters
+    return read_raw(Path(path)).shape[:2]  # only 2D files: volumes and DICOM go through their adapters
 
 
 def write_mask_png(path: Path, mask: np.ndarray) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MedsegError
-from ..imageio import IMAGE_SUFFIXES, _read_raw
+from ..imageio import IMAGE_SUFFIXES, read_raw
 from .base import Adapter, DataSet, Item, register
 
 MASK_DIRS = ("masks", "labels")
@@ -104,7 +104,7 @@ def _paired(images_dir: Path, masks_dir: Path) -> list[Item]:
 def _values(paths: list[Path]) -> set[int]:
     found: set[int] = set()
     for p in paths:
-        arr = _read_raw(p)
+        arr = read_raw(p)
         found |= {int(v) for v in np.unique(arr.max(axis=-1) if arr.ndim == 3 else arr)}
     return found
 
