@@ -14,11 +14,25 @@ $(STAMP): pyproject.toml
 	  || echo 'nnunetv2 not installed: the export-nnunet integrity test will skip'
 	touch $(STAMP)
 
-.PHONY: demo test slow
+# Debian tools some tests use: headless Chromium renders the HTML report, dciodvfy validates DICOM SEG output.
+# Installed when missing and apt-get can (root); otherwise those tests skip, saying why.
+TOOLS := /usr/bin/chromium /usr/bin/dciodvfy
+tools:
+	@missing=""; for t in $(TOOLS); do [ -x $$t ] || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium and dicom3tools for the report and DICOM SEG tests"; \
+	    (apt-get install -y -q chromium dicom3tools >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium dicom3tools >/dev/null 2>&1)) \
+	    || echo "could not install chromium/dicom3tools: their tests will skip"; \
+	  else echo "missing$$missing (not root or no apt-get): their tests will skip"; fi; \
+	fi
+
+.PHONY: demo test slow tools
 demo: $(STAMP)
 	.venv/bin/medseg demo --out runs/demo
 
-test: $(STAMP)
+test: $(STAMP) tools
 	$(PY) -m pytest; rc=$$?; [ $$rc -ne 5 ] || echo 'pytest ran no test: failing'; exit $$rc
 
 slow: $(STAMP)

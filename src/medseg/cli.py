@@ -76,10 +76,14 @@ def evaluate(run: Path = typer.Argument(..., help="Run folder (from medseg train
              split: Optional[str] = typer.Option(None, help="val or all (default: val on the training data, "
                                                  "all on other data)."),
              format: Optional[str] = typer.Option(None, "--format", help="Layout of DATA (default: detect)."),
-             tta: bool = typer.Option(False, help="Average with left-right flipped predictions.")) -> None:
+             tta: bool = typer.Option(False, help="Average with left-right flipped predictions."),
+             tune: Optional[bool] = typer.Option(None, "--tune/--no-tune",
+                                                 help="Sweep thresholds and post-processing (largest component, "
+                                                      "small-component removal) and save the best into the run "
+                                                      "(default: on the validation split of the training data).")) -> None:
     """Score a run: RUN/eval/metrics.json, cases.csv, slices.csv and report.html."""
     from .evaluate import evaluate as run_evaluate
-    run_evaluate(run, data, split, format, tta)
+    run_evaluate(run, data, split, format, tta, tune=tune)
 
 
 @app.command()

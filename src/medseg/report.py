@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 from pathlib import Path
 
@@ -41,6 +42,12 @@ figure{margin:0}figure img{width:256px;max-width:100%;image-rendering:pixelated;
  image-rendering:crisp-edges;border:1px solid #e5e7eb}
 figcaption{font-size:.8rem;color:#57606a;word-break:break-all}
 img.plot{max-width:100%}
+figure.pair img{width:49%}.grid:has(figure.pair){grid-template-columns:repeat(auto-fill,minmax(360px,1fr))}
+tr.chosen td{background:#dafbe1;font-weight:600}
+.scroll.short{max-height:20rem}
+.side{display:flex;flex-wrap:wrap;gap:1rem;align-items:flex-start}
+details pre{font-size:.8rem;background:#f6f8fa;padding:.6rem;overflow:auto;max-height:30rem}
+h3{font-size:1rem;margin:1.2rem 0 .4rem}
 """
 
 _SORT_JS = """
@@ -124,7 +131,7 @@ def _cases_table(cases: list[dict]) -> str:
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
-def _dice_plots(cases: list[dict]) -> list[str]:
+def _dice_plots(cases: list[dict], by_group: bool = True) -> list[str]:
     if not cases or "dice" not in cases[0]:
         return []
     pairs = [(c.get("group"), _to_float(c.get("dice"))) for c in cases]
@@ -137,7 +144,7 @@ def _dice_plots(cases: list[dict]) -> list[str]:
     ax.set(xlim=(0, 1), xlabel="Dice", ylabel="cases", title="Dice per case")
     out.append(_img(_fig_uri(fig), "Dice histogram"))
     groups = sorted({str(g) for g, _ in pairs if g is not None})
-    if "group" in cases[0] and len(groups) > 1:
+    if by_group and "group" in cases[0] and len(groups) > 1:
         data = [[d for g, d in pairs if str(g) == name] for name in groups]
         fig, ax = plt.subplots(figsize=(6, 3))
         ax.boxplot(data)
@@ -169,33 +176,105 @@ def _curves(log_rows: list[dict]) -> str:
     return _img(_fig_uri(fig), "Learning curves")
 
 
-def _overlay_grid(overlays: list[tuple[str, np.ndarray]]) -> str:
-    figs = "".join(
-        f'<figure><img src="{_png_uri(img)}" alt="{html.escape(cap)}">'
-        f"<figcaption>{html.escape(cap)}</figcaption></figure>"
-        for cap, img in overlays)
-    return (f'<p>Ground truth in green, prediction in red.</p><div class="grid">{figs}</div>')
+def _prob_rgb(prob: np.ndarray) -> np.ndarray:
+    """Probability map in [0, 1] -> RGB through matplotlib's 'magma' colormap (dark = 0, yellow = 1)."""
+    return (plt.get_cmap("magma")(np.clip(prob, 0, 1))[..., :3] * 255).astype(np.uint8)
 
 
-def render_report(title: str, summary: dict, cases: list[dict],
-                  overlays: list[tuple[str, "np.ndarray"]], log_rows: list[dict],
-                  notes: list[str]) -> str:
-    """Return the HTML text."""
+def _overlay_grid(overlays: list[tuple]) -> str:
+    figs = []
+    for pic in overlays:
+        cap, img = pic[0], pic[1]
+        imgs = f'<img src="{_png_uri(img)}" alt="{html.escape(cap)}">'
+        if len(pic) > 2 and pic[2] is not None:
+            imgs += f'<img src="{_png_uri(_prob_rgb(pic[2]))}" alt="{html.escape(cap)} probability">'
+        figs.append(f'<figure class="{"pair" if len(pic) > 2 else ""}">{imgs}<figcaption>{html.escape(cap)}'
+                    "</figcaption></figure>")
+    return ('<p>Ground truth outlined in green, prediction in red; beside it the predicted probability '
+            f'(dark = 0, yellow = 1).</p><div class="grid">{"".join(figs)}</div>')
+
+
+def _kv_table(rows: dict) -> str:
+    return _summary_table(rows)
+
+
+def _subgroups(subgroups: dict[str, dict[str, dict]]) -> str:
+    parts = []
+    for key, table in subgroups.items():
+        head = "<tr><th>" + html.escape(key) + "</th><th>cases</th><th>Dice mean</th><th>IoU mean</th>" \
+               "<th>share IoU &ge; 0.4</th></tr>"
+        body = "".join(f"<tr><td>{html.escape(str(g))}</td><td class='num'>{s['n']}</td>"
+                       f"<td class='num'>{_fmt(s['dice_mean'])}</td><td class='num'>{_fmt(s['iou_mean'])}</td>"
+                       f"<td class='num'>{s['iou_0.4_share']:.0%}</td></tr>" for g, s in table.items())
+        parts.append(f"<h3>By {html.escape(key)}</h3><div class='side'><table>{head}{body}</table>")
+        values = {g: [d for d in s.get("dice", []) if d == d] for g, s in table.items()}
+        values = {g: v for g, v in values.items() if v}
+        if values:
+            fig, ax = plt.subplots(figsize=(max(3.0, 1.1 * len(values) + 1.5), 2.8))
+            ax.boxplot(list(values.values()))
+            ax.set_xticks(range(1, len(values) + 1), [f"{g}\n(n={len(v)})" for g, v in values.items()],
+                          fontsize=8)
+            ax.set(ylim=(0, 1.02), ylabel="Dice", title=f"Dice by {key}")
+            ax.grid(alpha=0.3, axis="y")
+            parts.append(_img(_fig_uri(fig), f"Dice by {key}"))
+        parts.append("</div>")
+    return "\n".join(parts)
+
+
+def _sweep(rows: list[dict]) -> str:
+    head = "<tr><th>setting</th><th>Dice mean (lesion cases)</th><th>IoU mean</th><th>Dice mean (all cases)</th></tr>"
+    body = []
+    for r in rows:
+        mark = " (chosen)" if r.get("chosen") else (" (before)" if r.get("current") else "")
+        cls = ' class="chosen"' if r.get("chosen") else ""
+        body.append(f"<tr{cls}><td>{html.escape(r['setting'] + mark)}</td><td class='num'>{_fmt(r.get('dice_mean'))}"
+                    f"</td><td class='num'>{_fmt(r.get('iou_mean'))}</td>"
+                    f"<td class='num'>{_fmt(r.get('dice_mean_all'))}</td></tr>")
+    return f'<div class="scroll short"><table>{head}{"".join(body)}</table></div>'
+
+
+def _details(title: str, doc: dict) -> str:
+    text = html.escape(json.dumps(doc, indent=2, default=str))
+    return f"<details><summary>{html.escape(title)}</summary><pre>{text}</pre></details>"
+
+
+def render_report(title: str, summary: dict, cases: list[dict], overlays: list[tuple], log_rows: list[dict],
+                  notes: list[str], *, subgroups: dict | None = None, sweep: list[dict] | None = None,
+                  lesion_summary: dict | None = None, config: dict | None = None,
+                  fingerprint: dict | None = None) -> str:
+    """Return the HTML text: summary, learning curves, distribution, subgroups, threshold sweep, lesions,
+    best / median / worst cases, the sortable per-case table, configuration and notes. `overlays` items
+    are (caption, RGB overlay) or (caption, RGB overlay, probability map)."""
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if summary:
         parts.append(_summary_table(summary))
-    if cases:
-        parts.append(f"<h2>Cases ({len(cases)})</h2>")
-        parts.append("<p>Click a column header to sort.</p>")
-        parts.append(_cases_table(cases))
-        parts.extend(_dice_plots(cases))
-    if overlays:
-        parts.append("<h2>Overlays</h2>")
-        parts.append(_overlay_grid(overlays))
     curves = _curves(log_rows) if log_rows else ""
     if curves:
-        parts.append("<h2>Learning curves</h2>")
-        parts.append(curves)
+        parts += ["<h2>Learning curves</h2>", curves]
+    plots = _dice_plots([c for c in cases if _to_float(c.get("gt_pixels", 1)) != 0],
+                        by_group=not subgroups) if cases else []
+    if plots:
+        parts += ["<h2>Distribution</h2>", *plots]
+    if subgroups:
+        parts += ["<h2>Subgroups</h2><p>Cases with a lesion. The share with IoU &ge; 0.4 is the mammography "
+                  "workflow's 'accurate' rule.</p>", _subgroups(subgroups)]
+    if sweep:
+        parts += ["<h2>Threshold and post-processing</h2><p>Every setting tried on this split; the chosen one "
+                  "is saved into the run and used by <code>medseg predict</code>.</p>", _sweep(sweep)]
+    if lesion_summary:
+        parts += ["<h2>Lesions</h2><p>Connected components (3D for volumes): a lesion is detected when a "
+                  "predicted component overlaps it; over-share is the fraction of wrong pixels that are false "
+                  "positives.</p>", _kv_table(lesion_summary)]
+    if overlays:
+        parts += ["<h2>Best / median / worst cases</h2>", _overlay_grid(overlays)]
+    if cases:
+        parts += [f"<h2>All cases ({len(cases)})</h2>", "<p>Click a column header to sort.</p>", _cases_table(cases)]
+    if config or fingerprint:
+        parts.append("<h2>Configuration</h2>")
+        if config:
+            parts.append(_details("Plan (every training setting, the split and the preprocessing)", config))
+        if fingerprint:
+            parts.append(_details("Data fingerprint (what was evaluated)", fingerprint))
     if notes:
         items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
         parts.append(f"<h2>Notes</h2><ul>{items}</ul>")

@@ -32,6 +32,17 @@ def patient_id(case_id: str) -> str:
     return re.sub(r"_\d{8}$", "", case_id)
 
 
+# Evaluated per subgroup: the TCGA tissue source site, and from data.csv the genomic clusters Buda et al.
+# relate to tumour shape (RNASeqCluster, the DNA-methylation cluster) and the histologic grade.
+SUBGROUPS = ("institution", "RNASeqCluster", "MethylationCluster", "neoplasm_histologic_grade")
+
+
+def institution(patient: str) -> str:
+    """`TCGA_CS_4941` -> `CS`: the TCGA tissue source site code (the contributing institution)."""
+    parts = patient.split("_")
+    return parts[1] if len(parts) > 2 and parts[0] == "TCGA" else ""
+
+
 def _metadata(root: Path) -> dict[str, dict]:
     path = root / "data.csv"
     if not path.is_file():
@@ -64,8 +75,10 @@ def load(root: Path) -> DataSet:
                 raise MedsegError(img_mask, "mask has no image")
         for n, img, mask, case in sorted(slices):
             pid = patient_id(case)
-            items.append(Item(img, (mask,), pid, n, {k: v for k, v in meta.get(pid, {}).items() if k != "Patient"}))
-    return DataSet(root, "lgg", 3, items, unit="patient")
+            info = {k: v for k, v in meta.get(pid, {}).items() if k != "Patient"}
+            info["institution"] = institution(pid)
+            items.append(Item(img, (mask,), pid, n, info))
+    return DataSet(root, "lgg", 3, items, unit="patient", subgroup_keys=SUBGROUPS)
 
 
 ADAPTER = register(Adapter("lgg", "kaggle_3m patient folders of <case>_<n>.tif + <case>_<n>_mask.tif", detect, load))
