@@ -87,6 +87,14 @@ def evaluate(run: Path = typer.Argument(..., help="Run folder (from medseg train
 
 
 @app.command()
+def compare(runs: list[Path] = typer.Argument(..., help="Two or more evaluated run folders; the first is the reference."),
+            metric: str = typer.Option("dice", help="A column of RUN/eval/cases.csv (dice, iou, hd95, ...).")) -> None:
+    """Runs side by side on their shared cases, each tested against the first (paired Wilcoxon)."""
+    from .compare import compare as run_compare
+    run_compare(runs, metric)
+
+
+@app.command()
 def predict(run: Path = typer.Argument(..., help="Run folder (from medseg train)."),
             inputs: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
             out: Path = typer.Option(..., "--out", help="Folder for the masks."),
