@@ -96,12 +96,21 @@ def compare(runs: list[Path] = typer.Argument(..., help="Two or more evaluated r
 
 @app.command()
 def predict(run: Path = typer.Argument(..., help="Run folder (from medseg train)."),
-            inputs: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+            inputs: list[Path] = typer.Argument(..., help="Image files, volumes (.nii.gz/.nrrd/.mha), DICOM series "
+                                                          "folders, or folders of these (searched recursively)."),
             out: Path = typer.Option(..., "--out", help="Folder for the masks."),
-            tta: bool = typer.Option(False, help="Average with left-right flipped predictions.")) -> None:
-    """Write one mask per image: OUT/<relative path>.png, uint8 0/255, at the image's own size."""
+            format: str = typer.Option("auto", "--format", help="auto|png|tif|nifti|dicom-seg (auto: PNG for images, "
+                                                                 "NIfTI for volumes, DICOM SEG for DICOM series)."),
+            prob: bool = typer.Option(False, "--prob", help="Also write the probability map (16-bit PNG, 2D)."),
+            overlay: bool = typer.Option(False, "--overlay", help="Also write an overlay PNG (2D)."),
+            tta: bool = typer.Option(False, help="Average with left-right and up-down flipped predictions."),
+            threshold: Optional[float] = typer.Option(None, help="Override the run's threshold."),
+            batch_size: int = typer.Option(8, "--batch-size", help="Slices per forward pass."),
+            engine: str = typer.Option("torch", help="torch, or onnx (RUN/model.onnx from `medseg export`).")) -> None:
+    """Masks in each input's own format and geometry; threshold and post-processing from the run."""
     from .predict import predict_files
-    predict_files(run, inputs, out, tta)
+    predict_files(run, inputs, out, tta, fmt=format, prob=prob, overlay=overlay, threshold=threshold,
+                  batch_size=batch_size, engine=engine)
 
 
 @app.command()

@@ -21,10 +21,12 @@ def predict_probs(model: torch.nn.Module, images: torch.Tensor, plan: dict, tta:
         x = images[start:start + batch_size].float()
         h, w = x.shape[-2:]
         keep = plan.get("keep_aspect", False)
-        x = normalize(resize_image(x, plan["image_size"], keep), plan["mean"], plan["std"])
+        x = resize_image(x, plan["image_size"], keep)
+        if not getattr(model, "includes_normalization", False):  # an ONNX graph normalises inside itself
+            x = normalize(x, plan["mean"], plan["std"])
         x = x.contiguous(memory_format=torch.channels_last)
-        logits = model(x)
-        if tta:  # left-right flip, averaged in logit space
-            logits = (logits + model(x.flip(-1)).flip(-1)) / 2
-        out.append(unfit(torch.sigmoid(logits), (h, w), keep)[:, 0])
+        prob = torch.sigmoid(model(x))
+        if tta:  # left-right and up-down flips, probabilities averaged
+            prob = (prob + torch.sigmoid(model(x.flip(-1))).flip(-1) + torch.sigmoid(model(x.flip(-2))).flip(-2)) / 3
+        out.append(unfit(prob, (h, w), keep)[:, 0])
     return torch.cat(out)

@@ -1,11 +1,22 @@
-"""Checkpoint + image files -> masks at each input's own size (`DIR/<relative path>.png`, uint8 0/255)."""
+"""Checkpoint + inputs -> masks in each input's own format and geometry.
+
+    2D images (PNG/JPG/BMP/TIFF, single-frame DICOM)  -> DIR/<relative path>.png (or .tif), uint8 0/255
+    volumes (NIfTI/NRRD/MHA)                           -> DIR/<name>.nii.gz: uint8 labels, the input's shape,
+                                                          spacing, origin and direction
+    DICOM series (a folder of one series)              -> DIR/<folder>.seg.dcm, a DICOM Segmentation that
+                                                          references every source instance (or NIfTI)
+
+A 2D model runs slice by slice in batches; a volume is held once as uint8 labels plus float16
+probabilities, never as float32 copies. Threshold and post-processing come from the run
+(RUN/postprocess.json, chosen by `medseg evaluate`); post-processing acts in 3D on volumes.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,61 +24,238 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
+from . import postprocess
 from .checkpoint import load_checkpoint, resolve_run
-from .errors import MedsegError
-from .imageio import IMAGE_SUFFIXES, is_mask_name, read_image, write_mask_png
+from .errors import MedsegError, atomic_path
+from .imageio import IMAGE_SUFFIXES, is_dicom, is_mask_name, is_volume, read_image, volume_stem, write_mask_png
 from .inference import predict_probs
 
 console = Console(stderr=True)
+FORMATS = ("auto", "png", "tif", "nifti", "dicom-seg")
+ENGINES = ("torch", "onnx")
 
 
 @dataclass
 class Predictor:
-    """A trained model with its plan: `Predictor.load(run).probabilities(image)`."""
+    """A trained model with its plan and post-processing: `Predictor.load(run).mask(image)`."""
 
     model: torch.nn.Module
     plan: dict
     tta: bool = False
+    setting: dict = field(default_factory=dict)
+    batch_size: int = 8
 
     @classmethod
-    def load(cls, run: str | Path, tta: bool = False) -> "Predictor":
-        model, plan = load_checkpoint(resolve_run(Path(run)))
-        return cls(model.to(memory_format=torch.channels_last), plan, tta)
+    def load(cls, run: str | Path, tta: bool = False, engine: str = "torch", onnx_path: str | Path | None = None,
+             threshold: float | None = None, batch_size: int = 8) -> "Predictor":
+        folder = resolve_run(Path(run))
+        model, plan = load_checkpoint(folder)
+        run_folder = folder.parent if folder.name in ("best", "last") else folder
+        setting = postprocess.load(run_folder, plan)
+        if threshold is not None:
+            if not 0 < threshold < 1:
+                raise MedsegError(None, f"--threshold must lie between 0 and 1, got {threshold}")
+            setting = {**setting, "threshold": float(threshold)}
+        if engine == "onnx":
+            from .onnx_export import OnnxNet
+            model = OnnxNet(Path(onnx_path) if onnx_path else run_folder / "model.onnx")
+        elif engine == "torch":
+            model = model.to(memory_format=torch.channels_last)
+        else:
+            raise MedsegError(None, f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+        return cls(model, plan, tta, setting, batch_size)
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """C x H x W float image in [0, 1] (channels as trained) -> H x W foreground probability."""
-        return predict_probs(self.model, torch.from_numpy(image)[None], self.plan, tta=self.tta)[0].numpy()
+        return self.probabilities_batch(image[None])[0]
+
+    def probabilities_batch(self, images: np.ndarray) -> np.ndarray:
+        """B x C x H x W images of one size -> B x H x W probabilities."""
+        return predict_probs(self.model, torch.from_numpy(np.ascontiguousarray(images)), self.plan, tta=self.tta,
+                             batch_size=self.batch_size).numpy()
 
     def mask(self, image: np.ndarray) -> np.ndarray:
-        return self.probabilities(image) >= self.plan["threshold"]
+        return postprocess.apply(self.probabilities(image), self.setting)
+
+    def volume_probabilities(self, slices, n: int, bar=None, task=None) -> np.ndarray:
+        """Slices (an iterable of C x H x W arrays, n of them) -> n x H x W float16 probabilities, in
+        batches, so only one batch of float32 images exists at a time."""
+        out, batch = None, []
+        for i, img in enumerate(slices):
+            batch.append(img)
+            if len(batch) == self.batch_size or i == n - 1:
+                p = self.probabilities_batch(np.stack(batch)).astype(np.float16)
+                if out is None:
+                    out = np.empty((n, *p.shape[1:]), dtype=np.float16)
+                out[i + 1 - len(batch):i + 1] = p
+                batch = []
+                if bar is not None:
+                    bar.advance(task, len(p))
+        return out
 
 
-def collect_inputs(inputs: list[Path]) -> list[tuple[Path, Path]]:
-    """(file, relative output stem) for every image under the inputs; `*_mask*` files are skipped."""
-    found: list[tuple[Path, Path]] = []
+@dataclass
+class Input:
+    kind: str  # "image", "volume", "series"
+    path: Path
+    stem: Path  # relative output stem
+
+
+def _series_files(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_dicom(p)]
+
+
+def collect_inputs(inputs: list[Path]) -> list[Input]:
+    """Every input to predict: image files, volume files and DICOM series folders (a folder whose files
+    are DICOM slices of one series); other folders are searched recursively. `*_mask*` files are skipped."""
+    found: list[Input] = []
     for inp in inputs:
         if inp.is_file():
-            if inp.suffix.lower() not in IMAGE_SUFFIXES:
-                raise MedsegError(inp, f"not an image file (known: {', '.join(IMAGE_SUFFIXES)})")
-            found.append((inp, Path(inp.stem)))
+            if is_volume(inp):
+                found.append(Input("volume", inp, Path(volume_stem(inp))))
+            elif inp.suffix.lower() in IMAGE_SUFFIXES or is_dicom(inp):
+                found.append(Input("image", inp, Path(inp.stem)))
+            else:
+                raise MedsegError(inp, f"not an image or volume file (known: {', '.join(IMAGE_SUFFIXES)}, "
+                                       ".dcm, .nii.gz, .nrrd, .mha)")
         elif inp.is_dir():
-            files = sorted(p for p in inp.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                           and not is_mask_name(p))
-            if not files:
-                raise MedsegError(inp, "no images found in this folder")
-            found += [(p, p.relative_to(inp).with_suffix("")) for p in files]
+            found += _walk(inp, inp)
+            if not found:
+                raise MedsegError(inp, "no images, volumes or DICOM series found in this folder")
         else:
             raise MedsegError(inp, "input not found")
-    stems = [str(s) for _, s in found]
+    stems = [str(f.stem) for f in found]
     if len(set(stems)) != len(stems):
         dup = next(s for s in stems if stems.count(s) > 1)
-        raise MedsegError(dup, "two inputs would write the same output mask (same name, different extension?)")
+        raise MedsegError(dup, "two inputs would write the same output (same name, different extension?)")
     return found
 
 
+def _walk(folder: Path, root: Path) -> list[Input]:
+    rel = folder.relative_to(root)
+    dicoms = _series_files(folder)
+    if len(dicoms) > 1 and not any(p.is_dir() for p in folder.iterdir()):
+        return [Input("series", folder, rel if str(rel) != "." else Path(folder.name))]
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            out += _walk(p, root)
+        elif is_volume(p):
+            out.append(Input("volume", p, p.relative_to(root).parent / volume_stem(p)))
+        elif (p.suffix.lower() in IMAGE_SUFFIXES or (p.suffix.lower() == ".dcm")) and not is_mask_name(p):
+            out.append(Input("image", p, p.relative_to(root).with_suffix("")))
+    return out
+
+
+def _write_png16(path: Path, prob: np.ndarray) -> None:
+    from PIL import Image
+    with atomic_path(path) as tmp:
+        Image.fromarray((np.clip(prob, 0, 1) * 65535).round().astype(np.uint16)).save(tmp, format="PNG")
+
+
+def _write_tif(path: Path, mask: np.ndarray) -> None:
+    import tifffile
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, np.where(mask, 255, 0).astype(np.uint8))
+
+
+def _overlay_png(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
+    from PIL import Image
+    from .evaluate import overlay
+    with atomic_path(path) as tmp:
+        Image.fromarray(overlay(image, np.zeros_like(mask), mask, max_side=max(mask.shape))).save(tmp, format="PNG")
+
+
+class Writer:
+    """Writes one input's outputs into the staging folder and lists them (relative paths)."""
+
+    def __init__(self, predictor: Predictor, staging: Path, fmt: str, prob: bool, overlay: bool):
+        self.p, self.staging, self.fmt, self.prob, self.overlay = predictor, staging, fmt, prob, overlay
+
+    def image(self, inp: Input) -> list[Path]:
+        img = read_image(inp.path, self.p.plan["channels"], self.p.plan.get("intensity"))
+        prob = self.p.probabilities(img)
+        mask = postprocess.apply(prob, self.p.setting)
+        fmt = "png" if self.fmt in ("auto", "png") else self.fmt
+        if fmt not in ("png", "tif"):
+            raise MedsegError(inp.path, f"--format {fmt} is for volumes and DICOM series; a 2D image takes png or tif")
+        out = [inp.stem.with_name(inp.stem.name + (".png" if fmt == "png" else ".tif"))]
+        (self.staging / out[0]).parent.mkdir(parents=True, exist_ok=True)
+        (write_mask_png if fmt == "png" else _write_tif)(self.staging / out[0], mask)
+        if self.prob:
+            out.append(inp.stem.with_name(inp.stem.name + "_prob.png"))
+            _write_png16(self.staging / out[-1], prob)
+        if self.overlay:
+            out.append(inp.stem.with_name(inp.stem.name + "_overlay.png"))
+            _overlay_png(self.staging / out[-1], img, mask)
+        return out
+
+    def _probs(self, slices, n: int, label: str) -> np.ndarray:
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task(label, total=n)
+            return self.p.volume_probabilities(slices, n, bar, task)
+
+    def volume(self, inp: Input) -> list[Path]:
+        import SimpleITK as sitk
+        if self.fmt not in ("auto", "nifti"):
+            raise MedsegError(inp.path, f"--format {self.fmt} does not fit a volume: volumes are written as NIfTI")
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(inp.path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as e:
+            raise MedsegError(inp.path, f"cannot read volume ({str(e).strip().splitlines()[-1][:200]})") from e
+        if reader.GetDimension() != 3:
+            raise MedsegError(inp.path, f"expected a 3D volume, this one has {reader.GetDimension()} dimensions")
+        nz = reader.GetSize()[2]
+        ch, intensity = self.p.plan["channels"], self.p.plan.get("intensity")
+        probs = self._probs((read_image(inp.path, ch, intensity, z) for z in range(nz)), nz, inp.path.name)
+        labels = postprocess.apply(probs, self.p.setting).astype(np.uint8)
+        del probs
+        ref = sitk.Image(reader.GetSize(), sitk.sitkUInt8)
+        ref.SetSpacing(reader.GetSpacing())
+        ref.SetOrigin(reader.GetOrigin())
+        ref.SetDirection(reader.GetDirection())
+        out_img = sitk.GetImageFromArray(labels)
+        out_img.CopyInformation(ref)
+        rel = inp.stem.with_name(inp.stem.name + ".nii.gz")
+        (self.staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(out_img, str(self.staging / rel), True)  # the staging folder makes it atomic
+        return [rel]
+
+    def series(self, inp: Input) -> list[Path]:
+        from .adapters.ircadb import ordered_series
+        slices, spacing_z = ordered_series(inp.path)
+        ch, intensity = self.p.plan["channels"], self.p.plan.get("intensity")
+        n = len(slices)
+        probs = self._probs((read_image(s[1], ch, intensity) for s in slices), n, inp.path.name)
+        labels = postprocess.apply(probs, self.p.setting)
+        del probs
+        fmt = "dicom-seg" if self.fmt == "auto" else self.fmt
+        (self.staging / inp.stem).parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "dicom-seg":
+            from .dicomseg import write_seg
+            rel = inp.stem.with_name(inp.stem.name + ".seg.dcm")
+            write_seg(self.staging / rel, [s[1] for s in slices], labels, self.p.plan)
+        elif fmt == "nifti":
+            from .dicomseg import write_series_nifti
+            rel = inp.stem.with_name(inp.stem.name + ".nii.gz")
+            write_series_nifti(self.staging / rel, [s[2] for s in slices], labels, spacing_z)
+        else:
+            raise MedsegError(inp.path, f"--format {fmt} does not fit a DICOM series: use dicom-seg or nifti")
+        return [rel]
+
+
 def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, tta: bool = False,
-                  quiet: bool = False) -> list[Path]:
-    predictor = Predictor.load(run, tta=tta)
+                  quiet: bool = False, fmt: str = "auto", prob: bool = False, overlay: bool = False,
+                  threshold: float | None = None, batch_size: int = 8, engine: str = "torch") -> list[Path]:
+    if fmt not in FORMATS:
+        raise MedsegError(None, f"unknown --format {fmt!r}; known: {', '.join(FORMATS)}")
+    if batch_size < 1:
+        raise MedsegError(None, f"--batch-size must be at least 1, got {batch_size}")
+    predictor = Predictor.load(run, tta=tta, engine=engine, threshold=threshold, batch_size=batch_size)
     if predictor.plan.get("neighbours"):
         raise MedsegError(run, "this run takes 2.5D input (neighbouring slices as channels), which per-file "
                                "prediction cannot assemble yet: use `medseg evaluate RUN DATA --split all`")
@@ -75,17 +263,16 @@ def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, tt
     out = Path(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    # Masks go to a staging folder first and move into place only when every input succeeded, so a
+    # Outputs go to a staging folder first and move into place only when every input succeeded, so a
     # failed run leaves the output folder as it was.
     staging = Path(tempfile.mkdtemp(prefix=".medseg-predict-", dir=out))
-    written = []
+    writer = Writer(predictor, staging, fmt, prob, overlay)
+    written: list[Path] = []
     try:
         with Progress(console=console, disable=quiet, transient=True) as bar:
             task = bar.add_task("predicting", total=len(todo))
-            for path, stem in todo:
-                mask = predictor.mask(read_image(path, predictor.plan["channels"], predictor.plan.get("intensity")))
-                write_mask_png(staging / f"{stem}.png", mask)
-                written.append(Path(f"{stem}.png"))
+            for inp in todo:
+                written += getattr(writer, inp.kind)(inp)
                 bar.advance(task)
         for rel in written:
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -98,5 +285,6 @@ def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, tt
         shutil.rmtree(staging, ignore_errors=True)
     written = [out / rel for rel in written]
     if not quiet:
-        console.print(f"wrote {len(written)} masks to {out}")
+        console.print(f"wrote {len(written)} files for {len(todo)} inputs to {out} "
+                      f"({postprocess.describe(predictor.setting)})")
     return written

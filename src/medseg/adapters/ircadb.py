@@ -87,17 +87,13 @@ def _header(path: Path):
     return ds, (rows, cols)
 
 
-def _patient_items(d: Path, target: str) -> list[Item]:
-    images_dir, masks_root = d / PATIENT_DIR, d / MASKS_DIR
-    structures = sorted(p.name for p in masks_root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    # A patient without this structure (not every 3D-IRCADb patient has livertumor1, say) has an empty
-    # mask for it; only a target that no patient has is an error (raised by `load`).
-    absent = target not in structures
-    masks_dir = masks_root / target
+def ordered_series(images_dir: Path) -> tuple[list[tuple], float]:
+    """The DICOM slices of one series folder in anatomical order (by ImagePositionPatient projected on the
+    slice normal, not by file name), as (position, path, header, (rows, cols)), and the slice spacing.
+    Duplicate positions and missing slices are errors naming the files."""
     files = _files(images_dir)
     if not files:
         raise MedsegError(images_dir, "no DICOM slices in this folder")
-
     slices = []  # (position along the normal, image file, header, rows x columns)
     normal = None
     for path in files:
@@ -109,7 +105,6 @@ def _patient_items(d: Path, target: str) -> list[Item]:
     slices.sort(key=lambda s: s[0])
     positions = np.array([s[0] for s in slices])
     steps = np.diff(positions)
-
     for (z0, p0, *_), (z1, p1, *_), step in zip(slices, slices[1:], steps):
         if step < 1e-3:
             raise MedsegError(p1, f"duplicate slice position z={z1:.3f} mm, the same as {p0.name}")
@@ -122,7 +117,17 @@ def _patient_items(d: Path, target: str) -> list[Item]:
     else:  # a single slice: the header's word is all there is
         first = slices[0][2]
         spacing_z = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 0.0)
+    return slices, spacing_z
 
+
+def _patient_items(d: Path, target: str) -> list[Item]:
+    images_dir, masks_root = d / PATIENT_DIR, d / MASKS_DIR
+    structures = sorted(p.name for p in masks_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # A patient without this structure (not every 3D-IRCADb patient has livertumor1, say) has an empty
+    # mask for it; only a target that no patient has is an error (raised by `load`).
+    absent = target not in structures
+    masks_dir = masks_root / target
+    slices, spacing_z = ordered_series(images_dir)
     items = []
     for index, (_, path, ds, (rows, cols)) in enumerate(slices):
         dy, dx = _vector(ds, "PixelSpacing", 2, path)  # DICOM order: between rows, then between columns

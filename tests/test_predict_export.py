@@ -1,0 +1,156 @@
+"""Prediction in the input's own format and geometry: PNG, TIF, NIfTI (oblique affine), DICOM SEG.
+
+One tiny liver run, trained on a 3D-IRCADb replica for one epoch, predicts everything here: the tests
+are about geometry and file formats, which do not depend on how good the mask is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from conftest import run_cli, write_busi_replica
+from replica_ircadb import write_ircadb_replica
+from replica_nifti import write_volume
+from medseg.train import train
+
+DCIODVFY = shutil.which("dciodvfy")
+
+
+@pytest.fixture(scope="module")
+def liver_run(tmp_path_factory):
+    root = write_ircadb_replica(tmp_path_factory.mktemp("ircadb") / "3Dircadb1", patients=3, slices=10, size=48)
+    out = tmp_path_factory.mktemp("runs") / "liver"
+    train(root, out, epochs=1, image_size=32, batch_size=8, quiet=True)
+    return out, root
+
+
+@pytest.fixture(scope="module")
+def busi_run(tmp_path_factory):
+    root = write_busi_replica(tmp_path_factory.mktemp("busi") / "Dataset_BUSI_with_GT")
+    out = tmp_path_factory.mktemp("runs") / "busi"
+    train(root, out, epochs=1, image_size=32, batch_size=8, quiet=True)
+    return out, root
+
+
+def test_png_tif_prob_overlay_keep_the_input_size(busi_run, tmp_path):
+    run, root = busi_run
+    img = next((root / "benign").glob("*).png"))
+    out = tmp_path / "png"
+    assert run_cli("predict", str(run), str(img), "--out", str(out), "--prob", "--overlay") == 0
+    size = Image.open(img).size
+    mask = Image.open(out / f"{img.stem}.png")
+    assert mask.size == size and mask.mode == "L" and set(np.unique(np.asarray(mask))) <= {0, 255}
+    prob = Image.open(out / f"{img.stem}_prob.png")
+    assert prob.size == size and np.asarray(prob).dtype == np.uint16
+    assert Image.open(out / f"{img.stem}_overlay.png").size == size
+    assert run_cli("predict", str(run), str(img), "--out", str(tmp_path / "tif"), "--format", "tif") == 0
+    import tifffile
+    tif = tifffile.imread(tmp_path / "tif" / f"{img.stem}.tif")
+    assert tif.shape == size[::-1] and np.array_equal(tif, np.asarray(mask))  # same mask, other format
+
+
+def test_tta_changes_probabilities_not_shape(busi_run):
+    from medseg.predict import Predictor
+    run, root = busi_run
+    from medseg.imageio import read_image
+    img = read_image(next((root / "malignant").glob("*).png")), 1)
+    plain, tta = Predictor.load(run).probabilities(img), Predictor.load(run, tta=True).probabilities(img)
+    assert plain.shape == tta.shape == img.shape[1:] and not np.allclose(plain, tta)
+
+
+def test_nifti_with_oblique_affine_round_trips(liver_run, tmp_path):
+    run, root = liver_run
+    c, s = np.cos(0.4), np.sin(0.4)
+    direction = (c, -s, 0.0, s * 0.9, c * 0.9, -0.436, s * 0.436, c * 0.436, 0.9)  # rotated about two axes
+    d = np.array(direction).reshape(3, 3)
+    q, _ = np.linalg.qr(d)  # make it exactly orthonormal
+    direction = tuple(float(v) for v in q.ravel())
+    rng = np.random.default_rng(0)
+    vol = (rng.random((7, 40, 36)) * 400 - 100).astype(np.int16)
+    src = write_volume(tmp_path / "in" / "case_0001.nii.gz", vol, spacing=(0.7, 0.9, 2.5),
+                       origin=(-12.5, 30.0, 101.0), direction=direction)
+    out = tmp_path / "out"
+    assert run_cli("predict", str(run), str(src), "--out", str(out)) == 0
+    ref, got = sitk.ReadImage(str(src)), sitk.ReadImage(str(out / "case_0001.nii.gz"))
+    assert got.GetSize() == ref.GetSize()
+    assert np.allclose(got.GetSpacing(), ref.GetSpacing()) and np.allclose(got.GetOrigin(), ref.GetOrigin())
+    assert np.allclose(got.GetDirection(), ref.GetDirection(), atol=1e-6)
+    assert got.GetPixelID() == sitk.sitkUInt8 and set(np.unique(sitk.GetArrayFromImage(got))) <= {0, 1}
+    # the same affine as nibabel reads it (what other tools see)
+    import nibabel as nib
+    assert np.allclose(nib.load(src).affine, nib.load(out / "case_0001.nii.gz").affine, atol=1e-5)
+
+
+def test_dicom_series_to_seg_references_sources_in_order(liver_run, tmp_path):
+    import highdicom as hd
+    from medseg.adapters.ircadb import ordered_series
+    run, root = liver_run
+    series = root / "3Dircadb1.1" / "PATIENT_DICOM"
+    out = tmp_path / "seg"
+    assert run_cli("predict", str(run), str(series), "--out", str(out), "--threshold", "0.3") == 0
+    seg_path = out / "PATIENT_DICOM.seg.dcm"
+    seg = hd.seg.segread(seg_path)
+    ordered = [s[1] for s in ordered_series(series)[0]]
+    uids = [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in ordered]
+    refs = [r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
+    assert set(refs) == set(uids) and len(refs) == len(uids)
+    # one frame per source slice, each at its source slice's position (highdicom orders the frames itself)
+    position = {u: [float(v) for v in pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient]
+                for u, p in zip(uids, ordered)}
+    frames = seg.PerFrameFunctionalGroupsSequence
+    assert len(frames) == len(uids)
+    for f in frames:
+        src = f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        assert np.allclose([float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient], position[src])
+    # read back by source instance (anatomical order), its pixels equal the NIfTI written for the series
+    assert run_cli("predict", str(run), str(series), "--out", str(tmp_path / "nii"), "--format", "nifti",
+                   "--threshold", "0.3") == 0
+    nii = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "nii" / "PATIENT_DICOM.nii.gz")))
+    by_source = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1])[..., 0]
+    assert nii.any() and np.array_equal(by_source > 0, nii > 0)
+    first = pydicom.dcmread(ordered[0], stop_before_pixels=True)
+    img = sitk.ReadImage(str(tmp_path / "nii" / "PATIENT_DICOM.nii.gz"))
+    assert np.allclose(img.GetOrigin(), [float(v) for v in first.ImagePositionPatient])
+
+
+@pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (Debian dicom3tools) not installed; `make test` installs it as root")
+def test_seg_passes_dciodvfy(liver_run, tmp_path):
+    run, root = liver_run
+    out = tmp_path / "seg"
+    assert run_cli("predict", str(run), str(root / "3Dircadb1.2" / "PATIENT_DICOM"), "--out", str(out)) == 0
+    r = subprocess.run([DCIODVFY, str(out / "PATIENT_DICOM.seg.dcm")], capture_output=True, text=True, timeout=60)
+    errors = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
+    assert not errors, "\n".join(errors)
+
+
+def test_bad_inputs_exit_2_and_write_nothing(busi_run, tmp_path, capsys):
+    run, root = busi_run
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert run_cli("predict", str(run), str(bad), "--out", str(out)) == 2
+    assert "broken.png" in capsys.readouterr().err and not out.exists()
+    img = next((root / "benign").glob("*).png"))
+    assert run_cli("predict", str(run), str(img), "--out", str(out), "--format", "dicom-seg") == 2
+    assert run_cli("predict", str(run), str(img), "--out", str(out), "--threshold", "1.5") == 2
+    assert not out.exists()
+
+
+def test_python_api_matches_cli(busi_run, tmp_path):
+    import medseg
+    run, root = busi_run
+    img = next((root / "malignant").glob("*).png"))
+    r = medseg.load(run).predict(img)
+    assert run_cli("predict", str(run), str(img), "--out", str(tmp_path)) == 0
+    assert np.array_equal(r.mask, np.asarray(Image.open(tmp_path / f"{img.stem}.png")) > 0)
+    assert r.prob.dtype == np.float32 and r.shape == r.mask.shape
+    arr = np.asarray(Image.open(img).convert("L"))
+    assert np.array_equal(medseg.load(run).predict(arr).mask, r.mask)  # uint8 array in, same mask out
