@@ -113,6 +113,25 @@ def predict(run: Path = typer.Argument(..., help="Run folder (from medseg train)
                   batch_size=batch_size, engine=engine)
 
 
+@app.command("export")
+def export_cmd(run: Path = typer.Argument(..., help="Run folder (from medseg train)."),
+               onnx: Optional[Path] = typer.Option(None, "--onnx", help="ONNX file to write (default RUN/model.onnx)."),
+               bench: bool = typer.Option(False, "--bench", help="Also time PyTorch vs ONNX Runtime (batch 8).")) -> None:
+    """Export the best checkpoint to ONNX (normalisation inside the graph; dynamic batch and size)."""
+    from .onnx_export import export_onnx, speed
+    path, diff = export_onnx(run, onnx)
+    typer.echo(f"wrote {path} (max |logit| difference vs PyTorch on a random batch: {diff:.2e})")
+    if bench:
+        s = speed(run, path)
+        typer.echo(f"images/s at batch 8, {torch_threads()} thread(s): PyTorch {s['torch']:.1f}, "
+                   f"ONNX Runtime {s['onnxruntime']:.1f} ({s['onnxruntime'] / s['torch']:.2f}x)")
+
+
+def torch_threads() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
 @app.command()
 def presets(show: Optional[str] = typer.Option(None, "--show", help="Print one preset's full settings as JSON.")) -> None:
     """List the presets (one per seed workflow) and what each sets; --show NAME for all its settings."""
