@@ -154,3 +154,33 @@ def test_python_api_matches_cli(busi_run, tmp_path):
     assert r.prob.dtype == np.float32 and r.shape == r.mask.shape
     arr = np.asarray(Image.open(img).convert("L"))
     assert np.array_equal(medseg.load(run).predict(arr).mask, r.mask)  # uint8 array in, same mask out
+
+
+def test_lgg_folder_is_one_stack_with_2_5d_input(tmp_path):
+    """An LGG run defaults to 2.5D input; predicting a patient folder stacks its slices in slice order,
+    with the neighbours built as in training, and post-processes the patient in 3D as evaluate does."""
+    from conftest import write_lgg_replica
+    from medseg import postprocess
+    from medseg.adapters import load_dataset
+    from medseg.data import neighbour_index, prep_of, read_item
+    from medseg.predict import Predictor
+
+    root = write_lgg_replica(tmp_path / "kaggle_3m", patients=3, slices=6, size=48)
+    run = tmp_path / "run"
+    train(root, run, epochs=1, image_size=32, batch_size=8, quiet=True)
+    p = Predictor.load(run)
+    assert p.plan["neighbours"] == 1
+    (run / "postprocess.json").write_text('{"setting": {"threshold": 0.4, "largest": true, "min_area": 0.0}}')
+    p = Predictor.load(run)
+    ds = load_dataset(root, "lgg")
+    patient = ds.patients[0]
+    items = [it for it in ds.items if it.patient == patient]
+    imgs = [read_item(it, prep_of(p.plan))[0] for it in items]
+    probs = np.stack([p.probabilities(np.concatenate([imgs[j] for j in around]))
+                      for around in neighbour_index(items, 1)])
+    expected = postprocess.apply(probs.astype(np.float16), p.setting)
+    out = tmp_path / "masks"
+    folder = items[0].image.parent
+    assert run_cli("predict", str(run), str(folder), "--out", str(out)) == 0
+    got = np.stack([np.asarray(Image.open(out / f"{it.image.stem}.png")) > 0 for it in items])
+    assert got.shape == expected.shape and np.array_equal(got, expected)

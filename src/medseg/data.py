@@ -113,8 +113,9 @@ def with_neighbours(arrays: Arrays, k: int) -> Arrays:
     """Stack each slice with its k neighbours on either side as channels (C -> C * (2k + 1))."""
     if k <= 0:
         return arrays
-    idx = torch.tensor(neighbour_index(arrays.items, k))  # N x (2k + 1)
-    images = arrays.images[idx.flatten()].reshape(len(arrays.items), -1, *arrays.images.shape[-2:])
+    idx = torch.tensor(neighbour_index(arrays.items, k), dtype=torch.long).reshape(len(arrays.items), 2 * k + 1)
+    images = arrays.images[idx.flatten()].reshape(len(arrays.items), arrays.images.shape[1] * (2 * k + 1),
+                                                  *arrays.images.shape[-2:])
     return Arrays(images, arrays.masks, arrays.items)
 
 

@@ -136,6 +136,8 @@ def read_raw(path: Path, z: int | None = None) -> np.ndarray:
                     arr = np.asarray(im)
                 else:
                     arr = np.asarray(im.convert("RGBA" if im.mode in ("RGBA", "LA", "P") else "RGB" if im.mode != "L" else "L"))
+    except Image.DecompressionBombError as e:
+        raise MedsegError(path, f"image too large to decode safely ({e})".split(", could be")[0] + ")") from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, tifffile.TiffFileError) as e:
         raise MedsegError(path, f"cannot read image ({type(e).__name__}: {e})".replace("\n", " ")) from e
     return _checked_shape(path, arr)
@@ -149,7 +151,7 @@ def _checked_shape(path: Path, arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.shape[0] < 8 or arr.shape[1] < 8 or arr.shape[0] * arr.shape[1] > 20000 * 20000:
-        raise MedsegError(path, f"absurd image size {arr.shape[1]}x{arr.shape[0]}")
+        raise MedsegError(path, f"absurd image size {arr.shape[1]}x{arr.shape[0]} (too small or too large)")
     return arr
 
 
@@ -215,15 +217,32 @@ def read_mask(paths: list[Path], shape: tuple[int, int], values: tuple[int, ...]
     for p in paths:
         arr = read_raw(Path(p), z)
         if arr.ndim == 3:
-            arr = arr.max(axis=-1)
+            if not (arr == arr[..., :1]).all():
+                raise MedsegError(p, "colour mask (its channels differ): expected a grey or black/white mask")
+            arr = arr[..., 0]
         if arr.shape != tuple(shape):
             raise MedsegError(p, f"mask is {arr.shape[1]}x{arr.shape[0]} but its image is {shape[1]}x{shape[0]}")
         if values:
             out |= np.isin(arr, values)
         else:
             hi = arr.max() if arr.size else 0
+            _check_binary(p, arr, hi)
             out |= arr > (0 if hi <= 1 else hi / 2)
     return out
+
+
+def _check_binary(path: Path, arr: np.ndarray, hi) -> None:
+    """A binary layout's mask may have anti-aliased edges (thresholded at half the maximum), but when
+    most of its non-zero pixels lie between 0 and the maximum it is not a mask: a probability map, an
+    image saved as a mask, or a multi-class label map that needs --target."""
+    if hi <= 1:
+        return
+    fg = np.count_nonzero(arr)
+    between = np.count_nonzero((arr > 0) & (arr < hi))
+    if fg and between > 0.2 * fg:
+        n = len(np.unique(arr))
+        raise MedsegError(path, f"not a binary mask: {n} distinct values, {between / fg:.0%} of the non-zero pixels "
+                                f"between 0 and {hi} (a multi-class label map? pass --target)")
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -35,7 +35,10 @@ DEFAULTS = {
     "sampling": "lesion",  # lesion: lesion_fraction of draws from images with foreground | area: p ~ mask area (Buda) | uniform
     "empty_drop": 0.0,  # probability of dropping an empty-mask image from an epoch (liver-CT workflow: 0.6)
     "patience": None,  # early stopping: epochs without a better validation Dice (None: off)
-    "neighbours": 0,  # 2.5D: k slices above and below as extra channels (slice data sets only)
+    # 2.5D: k slices above and below as extra channels. None: 1 for data sets of slice stacks (unit
+    # "patient": LGG, CT/MR volumes), 0 for 2D images. Measured on LGG dev (30 min, 6 validation patients):
+    # per-patient Dice 0.792 with k = 1 against 0.766 for single slices (README).
+    "neighbours": None,
     "intensity_override": None,  # replaces the layout's intensity rule, e.g. a CT window for NIfTI CT
     "headline_metric": "dice",  # dice | iou: the metric the report leads with
     "encoder_weights": None,  # pretrained encoder file (vgg16-unet); None: torchvision's file in the hub cache if present
@@ -144,7 +147,28 @@ def make_plan(ds: DataSet, val_fraction: float = 0.2, seed: int = 0, preset: str
         "fold": fold,
         "split": {"train": train, "val": val},
     })
+    check_settings(plan)
     return plan
+
+
+# Numeric settings and the values that make sense; a wrong one stops before any work, naming the setting.
+_RANGES = {"lr": (0, None, False), "batch_size": (1, None, True), "image_size": (16, 4096, True),
+           "weight_decay": (0, None, True), "threshold": (0, 1, False), "warmup": (0, 1, True),
+           "empty_drop": (0, 1, True), "lesion_fraction": (0, 1, True), "neighbours": (0, 8, True),
+           "epochs": (1, None, True), "patience": (1, None, True), "time_budget_s": (0, None, False)}
+
+
+def check_settings(plan: dict) -> None:
+    for key, (lo, hi, closed) in _RANGES.items():
+        v = plan.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise MedsegError(None, f"setting {key} must be a number, got {v!r}")
+        low_ok = v >= lo if closed else v > lo
+        if not low_ok or (hi is not None and v > hi):
+            span = f"{'>=' if closed else '>'} {lo}" + (f" and <= {hi}" if hi is not None else "")
+            raise MedsegError(None, f"setting {key} must be {span}, got {v}")
 
 
 def data_settings(ds: DataSet, settings: dict) -> dict:
@@ -159,4 +183,6 @@ def data_settings(ds: DataSet, settings: dict) -> dict:
         "target": ds.target,
         "target_name": ds.target if ds.target != "foreground" else None,
         "keep_aspect": ds.keep_aspect,
+        "neighbours": (1 if ds.unit == "patient" else 0) if settings.get("neighbours") is None
+        else int(settings["neighbours"]),
     }

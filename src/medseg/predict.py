@@ -14,6 +14,8 @@ probabilities, never as float32 copies. Threshold and post-processing come from 
 from __future__ import annotations
 
 import os
+import re
+from collections import deque
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -78,15 +80,23 @@ class Predictor:
         return postprocess.apply(self.probabilities(image), self.setting)
 
     def volume_probabilities(self, slices, n: int, bar=None, task=None) -> np.ndarray:
-        """Slices (an iterable of C x H x W arrays, n of them) -> n x H x W float16 probabilities, in
-        batches, so only one batch of float32 images exists at a time."""
+        """Slices in order (an iterable of C x H x W arrays, n of them) -> n x H x W float16 probabilities,
+        in batches, so only one batch of float32 images exists at a time. 2.5D runs get each slice with
+        its neighbours as channels, as in training."""
         out, batch = None, []
+        slices = with_neighbours(slices, int(self.plan.get("neighbours") or 0), n)
+        first = None
         for i, img in enumerate(slices):
+            first = img.shape if first is None else first
+            if img.shape != first:
+                raise MedsegError(None, f"slice {i} is {img.shape[2]}x{img.shape[1]} but the first slice is "
+                                        f"{first[2]}x{first[1]}: the slices of one stack must have one size")
             batch.append(img)
             if len(batch) == self.batch_size or i == n - 1:
                 p = self.probabilities_batch(np.stack(batch)).astype(np.float16)
                 if out is None:
                     out = np.empty((n, *p.shape[1:]), dtype=np.float16)
+
                 out[i + 1 - len(batch):i + 1] = p
                 batch = []
                 if bar is not None:
@@ -94,11 +104,57 @@ class Predictor:
         return out
 
 
+def with_neighbours(slices, k: int, n: int):
+    """Stream n slices as 2.5D inputs: slice i with slices i-k..i+k as channels, the edge slice repeated
+    beyond either end (as data.neighbour_index does in training); holds 2k + 1 slices at a time."""
+    if k <= 0:
+        yield from slices
+        return
+    it = iter(slices)
+    read = 0
+
+    def following(last):
+        nonlocal read
+        if read >= n:
+            return last
+        read += 1
+        return next(it)
+
+    window = deque([following(None)] * (k + 1), maxlen=2 * k + 1)
+    for _ in range(k):
+        window.append(following(window[-1]))
+    for _ in range(n):
+        yield np.concatenate(list(window))
+        window.append(following(window[-1]))
+
+
 @dataclass
 class Input:
-    kind: str  # "image", "volume", "series"
+    kind: str  # "image", "volume", "series", "stack"
     path: Path
     stem: Path  # relative output stem
+    members: list["Input"] = field(default_factory=list)  # a stack's slices, in order
+
+
+def _slice_number(path: Path) -> tuple:
+    """Order of slice files in a folder: by the last number in the name (`TCGA_..._12.tif` -> 12)."""
+    nums = re.findall(r"\d+", path.stem)
+    return (int(nums[-1]) if nums else -1, path.name)
+
+
+def as_stacks(found: list[Input]) -> list[Input]:
+    """For runs trained on slice stacks (LGG patients): the 2D images of one folder form one stack, ordered
+    by slice number, so that 2.5D input and 3D post-processing see the patient as in evaluation."""
+    out, groups = [], {}
+    for inp in found:
+        if inp.kind == "image":
+            groups.setdefault(inp.path.parent, []).append(inp)
+        else:
+            out.append(inp)
+    for folder, members in groups.items():
+        members.sort(key=lambda m: _slice_number(m.path))
+        out.append(Input("stack", folder, members[0].stem, members))
+    return out
 
 
 def _series_files(folder: Path) -> list[Path]:
@@ -174,10 +230,24 @@ class Writer:
     def __init__(self, predictor: Predictor, staging: Path, fmt: str, prob: bool, overlay: bool):
         self.p, self.staging, self.fmt, self.prob, self.overlay = predictor, staging, fmt, prob, overlay
 
+    def _read(self, inp: Input) -> np.ndarray:
+        return read_image(inp.path, self.p.plan["channels"], self.p.plan.get("intensity"))
+
     def image(self, inp: Input) -> list[Path]:
-        img = read_image(inp.path, self.p.plan["channels"], self.p.plan.get("intensity"))
+        img = self._read(inp)
         prob = self.p.probabilities(img)
-        mask = postprocess.apply(prob, self.p.setting)
+        return self._write2d(inp, img, prob, postprocess.apply(prob, self.p.setting))
+
+    def stack(self, inp: Input) -> list[Path]:
+        members = inp.members
+        probs = self._probs((self._read(m) for m in members), len(members), inp.path.name)
+        labels = postprocess.apply(probs, self.p.setting)  # in 3D over the stack, as evaluate scores it
+        out = []
+        for m, prob, mask in zip(members, probs, labels):
+            out += self._write2d(m, self._read(m) if self.overlay else None, prob.astype(np.float32), mask)
+        return out
+
+    def _write2d(self, inp: Input, img, prob: np.ndarray, mask: np.ndarray) -> list[Path]:
         fmt = "png" if self.fmt in ("auto", "png") else self.fmt
         if fmt not in ("png", "tif"):
             raise MedsegError(inp.path, f"--format {fmt} is for volumes and DICOM series; a 2D image takes png or tif")
@@ -256,10 +326,9 @@ def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, tt
     if batch_size < 1:
         raise MedsegError(None, f"--batch-size must be at least 1, got {batch_size}")
     predictor = Predictor.load(run, tta=tta, engine=engine, threshold=threshold, batch_size=batch_size)
-    if predictor.plan.get("neighbours"):
-        raise MedsegError(run, "this run takes 2.5D input (neighbouring slices as channels), which per-file "
-                               "prediction cannot assemble yet: use `medseg evaluate RUN DATA --split all`")
     todo = collect_inputs([Path(p) for p in inputs])
+    if predictor.plan.get("unit") == "patient" or predictor.plan.get("neighbours"):
+        todo = as_stacks(todo)
     out = Path(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

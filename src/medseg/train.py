@@ -369,6 +369,9 @@ def _train_locked(d: Dist, run: Path, data, layout, epochs, time_budget_s, val_f
                                      "reading training data"), k)
     va = with_neighbours(load_arrays([it for it in ds.items if it.patient in val_set], prep,
                                      "reading validation data"), k)
+    if not bool(tr.masks.any()):
+        raise MedsegError(ds.root, f"every mask of the {len(tr.items)} training images is empty: nothing to learn "
+                                   "(wrong --target, or masks saved blank?)")
     if resuming and len(tr.items) != plan["n_items"]["train"]:
         raise MedsegError(ds.root, f"the data changed since the run started: {len(tr.items)} training images, "
                                    f"the run had {plan['n_items']['train']}")

@@ -137,6 +137,11 @@ def read_rows(path: Path) -> list[Abnormality]:
                     raise MedsegError(path, f"line {line}: empty {', '.join(empty)}")
                 for k in PATH_KEYS:
                     vals[k] = vals[k].replace("\\", "/")
+                    # A CSV names files inside the data set; one that climbs out (`../`) or is absolute is
+                    # refused before any file system access, so a crafted CSV cannot make medseg read elsewhere.
+                    parts = vals[k].split("/")
+                    if vals[k].startswith("/") or ".." in parts or ":" in parts[0]:
+                        raise MedsegError(path, f"line {line}: {COLUMNS[k]} {vals[k]!r} points outside the data folder")
                 rows.append(Abnormality(
                     csv=path, line=line, subset=subset, patient=vals["patient"], side=vals["side"].upper(),
                     view=vals["view"].upper(), id=int(vals["id"]) if vals["id"].isdigit() else vals["id"],
