@@ -61,7 +61,7 @@ def test_cbis_mass_with_local_imagenet_weights(tmp_path, capsys):
     trained = load_file(str(out / "last" / "model.safetensors"))
     assert torch.allclose(trained["features.0.weight"], torchvision_state(False)["features.0.weight"].sum(1, keepdim=True))
     m = evaluate(out, quiet=True)
-    assert set(m["subgroups"]) == {"pathology", "mass_shape"}
+    assert set(m["subgroups"]) == {"pathology", "mass_shape", "size_bin"}
     assert m["headline"] == "iou" and m["iou_soft"]["n"] == m["iou"]["n"] > 0
     assert all("iou_0.4_share" in s for s in m["subgroups"]["mass_shape"].values())
 
