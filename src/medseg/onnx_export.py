@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +55,16 @@ def export_onnx(run: str | Path, out: str | Path | None = None, opset: int | Non
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
-                program = torch.onnx.export(net, (x,), **kwargs)
+            # the exporter prints its progress, logs that torchvision is absent and warns about its own internals
+            quiet = logging.getLogger("torch.onnx")
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)
+                    program = torch.onnx.export(net, (x,), **kwargs)
+            finally:
+                quiet.setLevel(level)
             program.save(str(tmp))
         except Exception as e:  # the exporter raises many types; the user needs the one line
             raise MedsegError(run, f"ONNX export failed for model {plan['model']!r} ({str(e).splitlines()[0][:200]})") from e
