@@ -42,8 +42,11 @@ VARIANTS = ({"largest": False, "min_area": 0.0}, {"largest": False, "min_area": 
             {"largest": True, "min_area": 0.0})
 CANDIDATES = [{"threshold": t, **v} for t in THRESHOLDS for v in VARIANTS]
 # A tuned setting replaces the current one only if it raises the mean Dice over all validation cases by
-# at least this much: with a handful of validation patients, smaller gains are noise.
+# at least MIN_GAIN (with a handful of validation patients smaller gains are noise) and lowers no single
+# case's Dice by more than MAX_CASE_LOSS: keeping the largest component, say, can win on average and
+# still erase a patient whose largest component was a false positive; that does not generalise.
 MIN_GAIN = 0.005
+MAX_CASE_LOSS = 0.05
 
 
 def evaluate(run: str | Path, data: str | Path | None = None, split: str | None = None,
@@ -169,6 +172,8 @@ def _score_case(items: list, images: list, gts: list, probs: list, current: dict
 def _choose(scored: list[dict], candidates: list[dict], current: dict) -> tuple[dict, list[dict]]:
     """The candidate with the best mean Dice over all cases (empty cases count: both empty = 1.0)."""
     sweep = []
+    base_key = json.dumps(current, sort_keys=True)
+    base_dice = [metrics.scores(c["per_setting"][base_key])["dice"] for c in scored]
     for s in candidates:
         key = json.dumps(s, sort_keys=True)
         sc = [metrics.scores(c["per_setting"][key]) for c in scored]
@@ -176,9 +181,11 @@ def _choose(scored: list[dict], candidates: list[dict], current: dict) -> tuple[
         sweep.append({"setting": postprocess.describe(s), **s,
                       "dice_mean_all": float(np.mean([x["dice"] for x in sc])),
                       "dice_mean": float(np.mean([x["dice"] for x in lesion])) if lesion else float("nan"),
-                      "iou_mean": float(np.mean([x["iou"] for x in lesion])) if lesion else float("nan")})
+                      "iou_mean": float(np.mean([x["iou"] for x in lesion])) if lesion else float("nan"),
+                      "worst_case_loss": float(max(b - x["dice"] for b, x in zip(base_dice, sc)))})
     base = next(r for r in sweep if _same(r, current))
-    top = max(sweep, key=lambda r: r["dice_mean_all"])
+    safe = [r for r in sweep if r["worst_case_loss"] <= MAX_CASE_LOSS] or [base]
+    top = max(safe, key=lambda r: r["dice_mean_all"])
     chosen = top if top["dice_mean_all"] >= base["dice_mean_all"] + MIN_GAIN else base
     for r in sweep:
         r["chosen"] = r is chosen
@@ -195,8 +202,9 @@ def _gt_pixels(c: dict) -> int:
 
 
 def _save_setting(run: Path, chosen: dict, sweep: list[dict], split: str) -> None:
-    doc = {"setting": chosen, "chosen_on": f"{split} split", "rule": f"best mean Dice over all cases, kept only "
-           f"if it beats the current setting by >= {MIN_GAIN}", "sweep": sweep}
+    doc = {"setting": chosen, "chosen_on": f"{split} split", "rule": f"best mean Dice over all cases among settings "
+           f"that lower no case's Dice by more than {MAX_CASE_LOSS}, kept only if it beats the current setting by "
+           f">= {MIN_GAIN}", "sweep": sweep}
     with atomic_path(run / postprocess.FILE) as tmp:
         tmp.write_text(json.dumps(doc, indent=2) + "\n")
 
