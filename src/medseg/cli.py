@@ -58,13 +58,17 @@ def train(data: Optional[Path] = typer.Argument(None, help="Data set folder in i
           threads: Optional[int] = typer.Option(None, help="CPU threads (default 1: measured fastest on a shared "
                                                 "2-core machine, and reproducible)."),
           target: Optional[str] = typer.Option(None, help="Structure to segment where the layout has several "
-                                               "(3D-IRCADb: liver, livertumor1, ...; NIfTI: a label name).")) -> None:
+                                               "(3D-IRCADb: liver, livertumor1, ...; NIfTI: a label name)."),
+          skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out images that cannot be read (listed in "
+                                        "the output and in RUN/plan.json) instead of stopping.")) -> None:
     """Train a U-Net: split by patient, keep RUN/best and RUN/last, log to RUN/log.csv."""
     from .plan import parse_setting
     from .train import parse_duration, train as run_train
     settings = dict(parse_setting(s) for s in setting) or None
     if encoder_weights:
         settings = {**(settings or {}), "encoder_weights": str(encoder_weights)}
+    if skip_bad:
+        settings = {**(settings or {}), "skip_bad": True}
     run_train(data, out, format, epochs, parse_duration(time_budget) if time_budget else None, val_fraction, seed,
               image_size, batch_size, lr, target=target, resume=resume, threads=threads, preset=preset,
               settings=settings, folds=folds, fold=fold)

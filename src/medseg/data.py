@@ -24,6 +24,7 @@ import torch
 from rich.progress import Progress
 
 from .adapters import Item
+from .errors import MedsegError
 from .imageio import read_image, read_mask
 from .transforms import IMAGE, LABEL, resize_image, resize_mask
 
@@ -71,9 +72,11 @@ def read_item(it: Item, prep: dict) -> tuple[np.ndarray, np.ndarray]:
     return img, mask
 
 
-def load_arrays(items: list[Item], prep: dict, label: str = "reading", cache: bool = True) -> Arrays:
+def load_arrays(items: list[Item], prep: dict, label: str = "reading", cache: bool = True,
+                skipped: list[dict] | None = None) -> Arrays:
     """The items at the training size, from the cache if an entry for exactly these files and settings
-    exists, else read (with a progress bar) and cached."""
+    exists, else read (with a progress bar) and cached. With a `skipped` list, an item that cannot be read
+    is left out and recorded there ({"file", "problem"}) instead of stopping; such a set is not cached."""
     folder = cache_root() / cache_key(items, prep) if cache and items else None
     if folder is not None and (folder / "done.json").is_file():
         return Arrays(torch.from_numpy(np.load(folder / "images.npy", mmap_mode="c")),
@@ -83,12 +86,24 @@ def load_arrays(items: list[Item], prep: dict, label: str = "reading", cache: bo
     masks = torch.empty((len(items), 1, size, size), dtype=torch.uint8)
     with Progress(transient=True) as bar:
         task = bar.add_task(label, total=len(items))
+        good = []
         for i, it in enumerate(items):
-            img, mask = read_item(it, prep)
+            try:
+                img, mask = read_item(it, prep)
+            except MedsegError as e:
+                if skipped is None:
+                    raise
+                skipped.append({"file": e.path or str(it.image), "problem": e.problem})
+                bar.advance(task)
+                continue
+            good.append(i)
             img = resize_image(torch.from_numpy(img)[None], size, keep)[0]
             images[i] = (img * 255).round().clamp(0, 255).to(torch.uint8)
             masks[i] = resize_mask(torch.from_numpy(mask)[None, None], size, keep)[0].to(torch.uint8)
             bar.advance(task)
+    if len(good) < len(items):
+        keep_idx = torch.tensor(good, dtype=torch.long)
+        return Arrays(images[keep_idx], masks[keep_idx], [items[i] for i in good])
     arrays = Arrays(images, masks, items)
     if folder is not None:
         _write_cache(folder, arrays, prep)

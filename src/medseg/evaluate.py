@@ -81,6 +81,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
     k = int(plan.get("neighbours") or 0)
     around = neighbour_index(items, k) if k else None
     scored: list[dict] = []
+    skipped: list[dict] = []  # unreadable images left out, when the run was trained with --skip-bad
     with Progress(console=console, disable=quiet, transient=True) as bar:
         task = bar.add_task(f"evaluating {len(items)} images", total=len(items))
         recent: dict[int, np.ndarray] = {}  # 2.5D: the last slices read, each needed by up to 2k + 1 items
@@ -89,21 +90,38 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
             end = start
             while end < len(items) and items[end].case == items[start].case:
                 end += 1
-            images, gts, probs = [], [], []
+            images, gts, probs, kept = [], [], [], []
             for i in range(start, end):
-                img, gt = read_item(items[i], prep)
+                try:
+                    img, gt = read_item(items[i], prep)
+                except MedsegError as e:
+                    if not plan.get("skip_bad"):
+                        raise
+                    skipped.append({"file": e.path or str(items[i].image), "problem": e.problem})
+                    bar.advance(task)
+                    continue
                 if around:
                     recent[i] = img
                     for j in around[i]:
                         if j not in recent:
-                            recent[j] = read_item(items[j], prep)[0]
+                            try:
+                                recent[j] = read_item(items[j], prep)[0]
+                            except MedsegError:
+                                if not plan.get("skip_bad"):
+                                    raise
+                                recent[j] = img  # an unreadable neighbour (--skip-bad): the slice itself
+
                     net_input = np.concatenate([recent[j] for j in around[i]])
                     recent = {j: v for j, v in recent.items() if j >= i - k}
                 probs.append(predictor.probabilities(net_input if around else img).astype(np.float16))
                 images.append(img)
                 gts.append(gt)
+                kept.append(items[i])
                 bar.advance(task)
-            sc = _score_case(items[start:end], images, gts, probs, current, candidates)
+            if not kept:
+                start = end
+                continue
+            sc = _score_case(kept, images, gts, probs, current, candidates)
             if not tune:
                 sc["done"] = _finish(sc, current, ds)
             scored.append(sc)
@@ -121,6 +139,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
     shown = {sc["done"]["row"]["case"]: sc["done"]["shown"] for sc in scored}
     result = _summarise(cases, lesion_rows, ds, data, split, plan, tta, chosen, current, sweep)
     result["fingerprint"] = _fingerprint(items, scored, ds)
+    result["skipped"] = skipped
     _write_outputs(run_folder / "eval", result, cases, slices, shown, run_folder, plan)
     if not quiet:
         _print_summary(result)
@@ -404,6 +423,9 @@ def _write_outputs(folder: Path, result: dict, cases: list[dict], slices: list[d
                 if result["unit"] == "patient" else "Per image, at the image's own size."),
              "Distances are in " + ("mm (spacing from the data)." if u == "mm" else
                                     "pixels: this data set carries no pixel spacing.")]
+    if result.get("skipped"):
+        notes.append(f"{len(result['skipped'])} unreadable images were left out (--skip-bad): "
+                     + "; ".join(f"{s['file']}: {s['problem']}" for s in result["skipped"][:20]))
     if result["tuned"]:
         notes.append("The threshold and post-processing were chosen on this same split (see the sweep) and saved "
                      "into the run for predict; figures at the chosen setting are optimistic by up to the sweep's gain "

@@ -39,6 +39,7 @@ DEFAULTS = {
     # "patient": LGG, CT/MR volumes), 0 for 2D images. Measured on LGG dev (30 min, 6 validation patients):
     # per-patient Dice 0.792 with k = 1 against 0.766 for single slices (README).
     "neighbours": None,
+    "skip_bad": False,  # leave out unreadable images (listed in the plan as "skipped") instead of stopping
     "intensity_override": None,  # replaces the layout's intensity rule, e.g. a CT window for NIfTI CT
     "headline_metric": "dice",  # dice | iou: the metric the report leads with
     "encoder_weights": None,  # pretrained encoder file (vgg16-unet); None: torchvision's file in the hub cache if present

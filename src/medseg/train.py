@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -365,10 +366,17 @@ def _train_locked(d: Dist, run: Path, data, layout, epochs, time_budget_s, val_f
     train_set, val_set = set(plan["split"]["train"]), set(plan["split"]["val"])
     prep = prep_of(plan)
     k = int(plan.get("neighbours") or 0)
+    skipped: list[dict] | None = [] if plan.get("skip_bad") else None
     tr = with_neighbours(load_arrays([it for it in ds.items if it.patient in train_set], prep,
-                                     "reading training data"), k)
+                                     "reading training data", skipped=skipped), k)
     va = with_neighbours(load_arrays([it for it in ds.items if it.patient in val_set], prep,
-                                     "reading validation data"), k)
+                                     "reading validation data", skipped=skipped), k)
+    if skipped:
+        plan["skipped"] = skipped
+        if not quiet:
+            console.print(f"[yellow]skipped {len(skipped)} unreadable images (--skip-bad):[/]")
+            for s in skipped[:20]:
+                console.print(f"  {escape(s['file'])}: {escape(s['problem'])}")
     if not bool(tr.masks.any()):
         raise MedsegError(ds.root, f"every mask of the {len(tr.items)} training images is empty: nothing to learn "
                                    "(wrong --target, or masks saved blank?)")

@@ -273,3 +273,26 @@ def test_bad_input(name, tmp_path, capsys):
 
 def test_catalogue_size():
     assert len(CASES) >= 20
+
+
+def test_skip_bad_leaves_out_the_corrupt_slice_and_lists_it(tmp_path, capsys):
+    root = lgg(tmp_path)
+    bad = sorted(root.glob("*/*_3.tif"))[0]
+    bad.write_bytes(bad.read_bytes()[:200])
+    out = tmp_path / "run"
+    assert main_rc(["train", str(root), "--out", str(out), "--epochs", "1", "--image-size", "32", "--skip-bad"]) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    assert [s["file"] for s in plan["skipped"]] == [str(bad)] and "cannot read" in plan["skipped"][0]["problem"]
+    assert bad.name in capsys.readouterr().err
+    assert main_rc(["evaluate", str(out), "--split", "all"]) == 0
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert [s["file"] for s in metrics["skipped"]] == [str(bad)]
+    assert "left out" in (out / "eval" / "report.html").read_text()
+
+
+def test_odd_unicode_file_names_work(tmp_path):
+    root = busi(tmp_path)
+    for p in sorted((root / "benign").glob("benign (1)*")):
+        p.rename(p.with_name(p.name.replace("benign (1)", "benign (1) é ✓ 日本")))
+    out = tmp_path / "run"
+    assert main_rc(train(root, tmp_path)[:3] + [str(out), "--epochs", "1", "--image-size", "32"]) == 0
