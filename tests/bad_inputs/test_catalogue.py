@@ -197,30 +197,28 @@ def duplicate_case_ids(tmp):
     return train(root, tmp), root / "images", "case1"
 
 
-@case
-def csv_row_pointing_to_missing_file(tmp):
+def _cbis_with_image_path(tmp, value: str) -> Path:
+    """A CBIS replica whose first case row names `value` as its image file; returns the CSV."""
     root = write_cbis_replica(tmp / "cbis")
     csv_path = next(root.rglob("mass_case_description_train_set.csv"))
     text = csv_path.read_text().splitlines()
     cols = text[1].split(",")
-    idx = next(i for i, c in enumerate(cols) if c.endswith(".dcm") or "/" in c)
-    cols[idx] = "Mass-Training_P_99999_LEFT_CC/1.3.6/1.3.6.2/000000.dcm"
+    cols[next(i for i, c in enumerate(cols) if c.endswith(".dcm") or "/" in c)] = value
     text[1] = ",".join(cols)
     csv_path.write_text("\n".join(text) + "\n")
-    return train(root, tmp), csv_path, "not found"
+    return csv_path
+
+
+@case
+def csv_row_pointing_to_missing_file(tmp):
+    csv_path = _cbis_with_image_path(tmp, "Mass-Training_P_99999_LEFT_CC/1.3.6/1.3.6.2/000000.dcm")
+    return train(tmp / "cbis", tmp), csv_path, "not found"
 
 
 @case
 def csv_path_traversal(tmp):
-    root = write_cbis_replica(tmp / "cbis")
-    csv_path = next(root.rglob("mass_case_description_train_set.csv"))
-    text = csv_path.read_text().splitlines()
-    cols = text[1].split(",")
-    idx = next(i for i, c in enumerate(cols) if c.endswith(".dcm") or "/" in c)
-    cols[idx] = "../../../../etc/passwd"
-    text[1] = ",".join(cols)
-    csv_path.write_text("\n".join(text) + "\n")
-    return train(root, tmp), csv_path, "outside the data folder"
+    csv_path = _cbis_with_image_path(tmp, "../../../../etc/passwd")
+    return train(tmp / "cbis", tmp), csv_path, "outside the data folder"
 
 
 @case
