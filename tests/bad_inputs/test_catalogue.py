@@ -8,6 +8,7 @@ Add a case here for every bad input found in the wild or by the fuzzer.
 from __future__ import annotations
 
 import gzip
+import os
 import json
 import sys
 from pathlib import Path
@@ -294,3 +295,17 @@ def test_odd_unicode_file_names_work(tmp_path):
         p.rename(p.with_name(p.name.replace("benign (1)", "benign (1) é ✓ 日本")))
     out = tmp_path / "run"
     assert main_rc(train(root, tmp_path)[:3] + [str(out), "--epochs", "1", "--image-size", "32"]) == 0
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root reads files whatever their permissions: run the suite as a normal user for this case")
+def test_unreadable_permissions(tmp_path, capsys):
+    root = busi(tmp_path)
+    bad = root / "malignant" / "malignant (1).png"
+    bad.chmod(0)
+    try:
+        assert main_rc(train(root, tmp_path)) == 2
+        err = capsys.readouterr().err
+        assert bad.name in err and "Traceback" not in err and not (tmp_path / "OUT").exists()
+    finally:
+        bad.chmod(0o644)
