@@ -73,6 +73,8 @@ def _is_nan(value: object) -> bool:
 
 def _fmt(value: object) -> str:
     """Format a cell value: floats with 3 decimals, NaN as n/a, all escaped."""
+    if value is None:
+        return "n/a"
     if isinstance(value, (float, np.floating)):
         return "n/a" if math.isnan(value) else f"{value:.3f}"
     return html.escape(str(value))
