@@ -234,17 +234,19 @@ def read_mask(paths: list[Path], shape: tuple[int, int], values: tuple[int, ...]
 
 
 def _check_binary(path: Path, arr: np.ndarray, hi) -> None:
-    """A binary layout's mask may have anti-aliased edges (thresholded at half the maximum), but when
-    most of its non-zero pixels lie between 0 and the maximum it is not a mask: a probability map, an
-    image saved as a mask, or a multi-class label map that needs --target."""
+    """A binary layout's mask may have anti-aliased edges or JPEG noise near 0 and near its maximum (it is
+    thresholded at half the maximum), but when much of its foreground lies well between the two it is
+    not a mask: a probability map, an image saved as a mask, or a multi-class label map that needs
+    --target."""
     if hi <= 1:
         return
-    fg = np.count_nonzero(arr)
-    between = np.count_nonzero((arr > 0) & (arr < hi))
-    if fg and between > 0.2 * fg:
+    a = arr.astype(np.float32)
+    fg = np.count_nonzero(a > 0.1 * hi)
+    mid = np.count_nonzero((a > 0.1 * hi) & (a < 0.9 * hi))
+    if fg and mid > 0.2 * fg:
         n = len(np.unique(arr))
-        raise MedsegError(path, f"not a binary mask: {n} distinct values, {between / fg:.0%} of the non-zero pixels "
-                                f"between 0 and {hi} (a multi-class label map? pass --target)")
+        raise MedsegError(path, f"not a binary mask: {n} distinct values, {mid / fg:.0%} of the foreground between "
+                                f"10% and 90% of its maximum {hi} (a multi-class label map? pass --target)")
 
 
 def image_size(path: Path) -> tuple[int, int]:
