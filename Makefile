@@ -28,7 +28,7 @@ tools:
 	  else echo "missing$$missing (not root or no apt-get): their tests will skip"; fi; \
 	fi
 
-.PHONY: demo test slow tools
+.PHONY: demo test slow tools bench
 demo: $(STAMP)
 	.venv/bin/medseg demo --out runs/demo
 
@@ -37,3 +37,8 @@ test: $(STAMP) tools
 
 slow: $(STAMP)
 	$(PY) -m pytest -m slow
+
+# Benchmarks (not tests): each prints its table and appends a JSON line to benchmarks/results/.
+bench: $(STAMP)
+	$(PY) -m benchmarks.peak
+	$(PY) -m benchmarks.throughput

@@ -1,0 +1,41 @@
+"""What every benchmark prints and records: the machine, the versions, the date; results appended as
+one JSON line to benchmarks/results/<name>.jsonl. Figures are measured in the run that prints them."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def machine() -> dict:
+    import torch
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def record(name: str, payload: dict) -> None:
+    folder = Path(__file__).parent / "results"
+    folder.mkdir(exist_ok=True)
+    with (folder / f"{name}.jsonl").open("a") as f:
+        f.write(json.dumps({"benchmark": name, **machine(), **payload}) + "\n")
+
+
+def rate(fn, items: int, warmup: int = 1, repeats: int = 3) -> float:
+    """items per second of fn(), best of `repeats` after `warmup` calls (best: least disturbed by others)."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return items / best
