@@ -6,7 +6,6 @@ are about geometry and file formats, which do not depend on how good the mask is
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 

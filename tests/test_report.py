@@ -59,7 +59,7 @@ def test_write_report_is_atomic(tmp_path):
 CHROMIUM = "/usr/bin/chromium"
 
 
-def _chromium(args: list[str], tmp_path) -> "subprocess.CompletedProcess":
+def _chromium(args: list[str], tmp_path):
     import subprocess
 
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

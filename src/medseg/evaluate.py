@@ -16,7 +16,6 @@ import csv
 import hashlib
 import io
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import write_busi_replica, write_lgg_replica  # noqa: E402
 from replica_cbis import write_cbis_replica  # noqa: E402
 from replica_ircadb import write_ircadb_replica  # noqa: E402
-from replica_nifti import write_pair_replica, write_volume  # noqa: E402
+from replica_nifti import write_pair_replica  # noqa: E402
 
 from medseg.cli import main  # noqa: E402
 
