@@ -68,7 +68,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
         if it.patient in wanted:
             order.setdefault(it.case, len(order))
     # Items grouped by case (stable), so that a case's slices are scored together as one volume.
-    items = sorted((it for it in ds.items if it.patient in wanted), key=lambda it: order[it.case])
+    items = sorted((it for it in ds.items if it.patient in wanted), key=lambda it: (order[it.case], it.index))
     if not items:
         raise MedsegError(data, f"no cases of the {split!r} split found in this data")
 
@@ -112,7 +112,8 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
 
                     net_input = np.concatenate([recent[j] for j in around[i]])
                     recent = {j: v for j, v in recent.items() if j >= i - k}
-                probs.append(predictor.probabilities(net_input if around else img).astype(np.float16))
+                if not predictor.three_d:
+                    probs.append(predictor.probabilities(net_input if around else img).astype(np.float16))
                 images.append(img)
                 gts.append(gt)
                 kept.append(items[i])
@@ -120,6 +121,8 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
             if not kept:
                 start = end
                 continue
+            if predictor.three_d:  # the whole case at once, by sliding window
+                probs = list(predictor.volume_probabilities(iter(images), len(images)))
             sc = _score_case(kept, images, gts, probs, current, candidates)
             if not tune:
                 sc["done"] = _finish(sc, current, ds)

@@ -12,6 +12,7 @@ from collections import defaultdict
 
 from .adapters import DataSet
 from .errors import MedsegError
+from .models import SPATIAL_DIMS
 
 # Per-layout defaults, chosen for a 2-core CPU and a ~20 minute budget (see docs/architecture.md).
 DEFAULTS = {
@@ -44,6 +45,8 @@ DEFAULTS = {
     "headline_metric": "dice",  # dice | iou: the metric the report leads with
     "encoder_weights": None,  # pretrained encoder file (vgg16-unet); None: torchvision's file in the hub cache if present
     "freeze_encoder_epochs": 0,  # keep a pretrained encoder fixed for the first N epochs
+    "patch_size": None,  # 3D models: training patch D x H x W (None: [32, 64, 64]); lesion_fraction of the
+    # patches are centred on foreground (class-balanced), validation and prediction use a sliding window
 }
 # What a layout needs whatever the preset: CT-sized images with much background are mostly empty slices.
 LAYOUT_DEFAULTS: dict[str, dict] = {
@@ -94,6 +97,12 @@ def settings_for(layout: str, preset: str | None = None, overrides: dict | None 
     return plan
 
 
+def _given(settings: dict | None, flags: dict) -> dict:
+    """The user's settings: `--set key=value` pairs (null included: `--set time_budget_s=null` means no
+    budget) and then the flags actually given (a flag left out is None and changes nothing)."""
+    return {**(settings or {}), **{k: v for k, v in flags.items() if v is not None}}
+
+
 def split_patients(ds: DataSet, val_fraction: float, seed: int, folds: int | None = None,
                    fold: int | None = None) -> tuple[list[str], list[str]]:
     """Split patients (never slices) into train/val, stratified by the layout's class key if it has one.
@@ -138,9 +147,12 @@ def split_patients(ds: DataSet, val_fraction: float, seed: int, folds: int | Non
 
 def make_plan(ds: DataSet, val_fraction: float = 0.2, seed: int = 0, preset: str | None = None,
               folds: int | None = None, fold: int | None = None, settings: dict | None = None, **overrides) -> dict:
-    plan = settings_for(ds.layout, preset, {**(settings or {}), **{k: v for k, v in overrides.items() if v is not None}})
+    plan = settings_for(ds.layout, preset)
+    plan.update(_given(settings, overrides))
     train, val = split_patients(ds, val_fraction, seed, folds, fold)
     plan.update(data_settings(ds, plan))
+    if SPATIAL_DIMS.get(plan["model"], 2) == 3 and plan["augmentation"] == "default":
+        plan["augmentation"] = "3d"  # the 2D default set does not apply to C x D x H x W patches
     plan.update({
         "seed": seed,
         "val_fraction": val_fraction,
@@ -184,6 +196,20 @@ def data_settings(ds: DataSet, settings: dict) -> dict:
         "target": ds.target,
         "target_name": ds.target if ds.target != "foreground" else None,
         "keep_aspect": ds.keep_aspect,
-        "neighbours": (1 if ds.unit == "patient" else 0) if settings.get("neighbours") is None
-        else int(settings["neighbours"]),
+        "neighbours": _neighbours(ds, settings),
     }
+
+
+def _neighbours(ds: DataSet, settings: dict) -> int:
+    """2.5D context: 1 slice each side for slice stacks, 0 for 2D images and for 3D models (which see the
+    neighbouring slices through their 3D kernels)."""
+    three_d = SPATIAL_DIMS.get(settings.get("model"), 2) == 3
+    if three_d and ds.unit != "patient":
+        raise MedsegError(ds.root, f"the 3D model {settings['model']!r} needs volumes or slice stacks; "
+                                   f"this {ds.layout} data set has 2D images")
+    if settings.get("neighbours") is None:
+        return 0 if three_d or ds.unit != "patient" else 1
+    if three_d and int(settings["neighbours"]):
+        raise MedsegError(None, f"neighbours={settings['neighbours']} is for 2D models (2.5D input); the 3D model "
+                                f"{settings['model']!r} takes whole patches: leave neighbours unset")
+    return int(settings["neighbours"])

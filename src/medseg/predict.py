@@ -31,6 +31,9 @@ from .checkpoint import load_checkpoint, resolve_run
 from .errors import MedsegError, atomic_path
 from .imageio import IMAGE_SUFFIXES, is_dicom, is_mask_name, is_volume, read_image, volume_stem, write_mask_png
 from .inference import predict_probs
+from .models import SPATIAL_DIMS
+from .transforms import resize_image, unfit
+from .volumes import volume_probs
 
 console = Console(stderr=True)
 FORMATS = ("auto", "png", "tif", "nifti", "dicom-seg")
@@ -59,10 +62,13 @@ class Predictor:
                 raise MedsegError(None, f"--threshold must lie between 0 and 1, got {threshold}")
             setting = {**setting, "threshold": float(threshold)}
         if engine == "onnx":
+            if SPATIAL_DIMS.get(plan["model"], 2) == 3:
+                raise MedsegError(None, "--engine onnx is for 2D models; this run's model is 3D: use --engine torch")
             from .onnx_export import OnnxNet
             model = OnnxNet(Path(onnx_path) if onnx_path else run_folder / "model.onnx")
         elif engine == "torch":
-            model = model.to(memory_format=torch.channels_last)
+            if SPATIAL_DIMS.get(plan["model"], 2) == 2:
+                model = model.to(memory_format=torch.channels_last)
         else:
             raise MedsegError(None, f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
         return cls(model, plan, tta, setting, batch_size)
@@ -71,8 +77,15 @@ class Predictor:
         """C x H x W float image in [0, 1] (channels as trained) -> H x W foreground probability."""
         return self.probabilities_batch(image[None])[0]
 
+    @property
+    def three_d(self) -> bool:
+        return SPATIAL_DIMS.get(self.plan["model"], 2) == 3
+
     def probabilities_batch(self, images: np.ndarray) -> np.ndarray:
         """B x C x H x W images of one size -> B x H x W probabilities."""
+        if self.three_d:
+            raise MedsegError(None, f"this run's model ({self.plan['model']}) is 3D: it segments volumes, DICOM "
+                                    "series and slice stacks, not single 2D images")
         return predict_probs(self.model, torch.from_numpy(np.ascontiguousarray(images)), self.plan, tta=self.tta,
                              batch_size=self.batch_size).numpy()
 
@@ -82,7 +95,9 @@ class Predictor:
     def volume_probabilities(self, slices, n: int, bar=None, task=None) -> np.ndarray:
         """Slices in order (an iterable of C x H x W arrays, n of them) -> n x H x W float16 probabilities,
         in batches, so only one batch of float32 images exists at a time. 2.5D runs get each slice with
-        its neighbours as channels, as in training."""
+        its neighbours as channels, as in training; a 3D model gets the whole stack, by sliding window."""
+        if self.three_d:
+            return self._volume_3d(slices, n, bar, task)
         out, batch = None, []
         slices = with_neighbours(slices, int(self.plan.get("neighbours") or 0), n)
         first = None
@@ -101,6 +116,29 @@ class Predictor:
                 batch = []
                 if bar is not None:
                     bar.advance(task, len(p))
+        return out
+
+
+    def _volume_3d(self, slices, n: int, bar=None, task=None) -> np.ndarray:
+        """All n slices at once (the 3D model needs the stack): resized in-plane to the training size, as in
+        training, then sliding-window probabilities resized back slice by slice."""
+        shrunk, hw = [], None
+        for img in slices:
+            hw = hw or img.shape[1:]
+            if img.shape[1:] != hw:
+                raise MedsegError(None, "the slices of one stack must have one size")
+            shrunk.append(resize_image(torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None],
+                                       self.plan["image_size"], self.plan.get("keep_aspect", False))[0])
+        volume = torch.stack(shrunk, 1)  # C x D x S x S
+        probs = volume_probs(self.model, volume, self.plan)
+        if self.tta:  # in-plane flips, averaged in probability space as for 2D models
+            probs = (probs + volume_probs(self.model, volume.flip(-1), self.plan).flip(-1)
+                     + volume_probs(self.model, volume.flip(-2), self.plan).flip(-2)) / 3
+        out = np.empty((len(shrunk), *hw), dtype=np.float16)
+        for z in range(0, len(shrunk), 32):
+            out[z:z + 32] = unfit(probs[z:z + 32, None], tuple(hw), self.plan.get("keep_aspect", False))[:, 0].numpy()
+        if bar is not None:
+            bar.advance(task, len(shrunk))
         return out
 
 

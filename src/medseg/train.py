@@ -37,7 +37,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import metrics
+from . import metrics, volumes
 from .adapters import load_dataset
 from .checkpoint import (in_channels, load_training_state, optimizer_from_tensors, optimizer_to_tensors,
                          recover_checkpoint, save_training_checkpoint)
@@ -45,7 +45,7 @@ from .data import (SAMPLING, Arrays, batches, channel_stats, load_arrays, mask_a
                    with_neighbours)
 from .errors import MedsegError, atomic_path
 from .losses import build_loss
-from .models import build_model
+from .models import SPATIAL_DIMS, build_model
 from .optim import build_optimizer, build_schedule, lr_factor  # noqa: F401  (lr_factor: re-exported)
 from .plan import make_plan
 from .transforms import augmentation, normalize
@@ -340,6 +340,11 @@ def _check_plan(plan: dict) -> None:
         raise MedsegError(None, f"patience must be a whole number of epochs >= 1 or null, got {p!r}")
     if not plan.get("time_budget_s") and not plan.get("epochs"):
         raise MedsegError(None, "no end for the run: give --epochs or --time-budget")
+    if SPATIAL_DIMS.get(plan["model"], 2) == 3:
+        volumes.patch_size(plan)
+        if plan.get("augmentation") not in ("3d", "none"):
+            raise MedsegError(None, f"augmentation {plan.get('augmentation')!r} is for 2D images; the 3D model "
+                                    f"takes '3d' or 'none'")
 
 
 def _train_locked(d: Dist, run: Path, data, layout, epochs, time_budget_s, val_fraction, seed, image_size,
@@ -416,7 +421,9 @@ def _loop(d: Dist, run: Path, plan: dict, ds, tr: Arrays, va: Arrays, seed: int,
     module = build_model(plan["model"], in_channels(plan), 1, **plan["model_args"])
     if plan.get("encoder_weights") and not resuming:
         load_encoder_weights(module, plan["encoder_weights"])
-    module = module.to(device=device, memory_format=torch.channels_last)
+    three_d = SPATIAL_DIMS.get(plan["model"], 2) == 3
+    fmt = torch.contiguous_format if three_d else torch.channels_last  # channels_last is for 4D tensors
+    module = module.to(device=device, memory_format=fmt)
     if d.rank:  # ranks share the initial weights (DDP also broadcasts them) but not their dropout draws
         torch.manual_seed(seed + 7919 * d.rank)
     rng = np.random.default_rng(seed)  # the same on every rank: all draw the same epoch, then take their share
@@ -455,12 +462,37 @@ def _loop(d: Dist, run: Path, plan: dict, ds, tr: Arrays, va: Arrays, seed: int,
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
-    bs = min(plan["batch_size"], len(tr.items))
-    per_epoch = max(len(tr.items), 16 * bs, d.world * bs) // bs * bs
+    if three_d:  # patches from whole volumes (volumes.py); an epoch is 4 patches per training case
+        tr_vol, va_vol, size = volumes.to_volumes(tr), volumes.to_volumes(va), volumes.patch_size(plan)
+        bs = plan["batch_size"]
+        per_epoch = max(4 * len(tr_vol), 16 * bs, d.world * bs) // bs * bs
+        show = None
+
+        def draw():
+            return volumes.sample_patches(tr_vol, per_epoch, plan.get("lesion_fraction", 0.5), rng)
+
+        def epoch_batches(share):
+            return volumes.patch_batches(tr_vol, share, bs, size, augment)
+
+        def run_validation():
+            return volumes.validate(module, va_vol, plan, device, d)
+    else:
+        bs = min(plan["batch_size"], len(tr.items))
+        per_epoch = max(len(tr.items), 16 * bs, d.world * bs) // bs * bs
+        areas = mask_areas(tr.masks)
+        show = int(np.argmax(mask_areas(va.masks))) if va.items else None
+
+        def draw():
+            return sample_indices(areas, per_epoch, plan.get("lesion_fraction", 0.5), rng,
+                                  plan.get("sampling", "lesion"), plan.get("empty_drop", 0.0))
+
+        def epoch_batches(share):
+            return batches(tr, share, bs, augment)
+
+        def run_validation():
+            return validate(module, va, plan, device, d)
     per_rank = per_epoch // d.world // bs * bs
     steps = per_rank // bs
-    areas = mask_areas(tr.masks)
-    show = int(np.argmax(mask_areas(va.masks))) if va.items else None
     budget, max_epochs, patience = plan.get("time_budget_s"), plan.get("epochs"), plan.get("patience")
     amp = device.type == "cuda"
     t_start = time.perf_counter() - elapsed0
@@ -509,8 +541,7 @@ def _loop(d: Dist, run: Path, plan: dict, ds, tr: Arrays, va: Arrays, seed: int,
                     if d.max([progress(0) if d.main else 0.0])[0] >= 1.0:
                         stop_reason = "time budget" if budget and elapsed() >= budget else "epochs"
                         break
-                    indices = sample_indices(areas, per_epoch, plan.get("lesion_fraction", 0.5), rng,
-                                             plan.get("sampling", "lesion"), plan.get("empty_drop", 0.0))
+                    indices = draw()
                     pos, losses, seen = 0, [], 0
                 share = np.asarray(indices)[d.rank::d.world][:per_rank]
                 if hasattr(module, "set_encoder_trainable"):  # pretrained encoders: frozen for the first N epochs
@@ -518,10 +549,10 @@ def _loop(d: Dist, run: Path, plan: dict, ds, tr: Arrays, va: Arrays, seed: int,
                 model.train()
                 t0, seen0, why = time.perf_counter(), seen, None
                 prog = d.max([progress(pos) if d.main else 0.0])[0]
-                for x, y in batches(tr, share[pos * bs:], bs, augment):
+                for x, y in epoch_batches(share[pos * bs:]):
                     lr_now = schedule.apply(opt, plan["lr"], prog)
                     x = normalize(x, plan["mean"], plan["std"]).to(device, non_blocking=True)
-                    x = x.contiguous(memory_format=torch.channels_last)
+                    x = x.contiguous(memory_format=fmt)
                     y = y.to(device, non_blocking=True)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                         logits = model(x)
@@ -553,7 +584,7 @@ def _loop(d: Dist, run: Path, plan: dict, ds, tr: Arrays, va: Arrays, seed: int,
                 if d.world > 1:  # BatchNorm statistics drift apart per rank: validate rank 0's model everywhere
                     for b in module.buffers():
                         torch_dist.broadcast(b, 0)
-                val_dice = validate(module, va, plan, device, d) if va.items else float("nan")
+                val_dice = run_validation() if va.items else float("nan")
                 loss_sum, n_loss, n_seen = d.sum([float(np.sum(losses)), float(len(losses)), float(seen)])
                 dt = time.perf_counter() - t0
                 new_samples = d.sum([float(seen - seen0)])[0]

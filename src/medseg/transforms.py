@@ -52,8 +52,9 @@ def unfit(probs: torch.Tensor, hw: tuple[int, int], keep_aspect: bool = False) -
 
 def normalize(img: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
     """Per-channel z-score with the training set's statistics (stored in the checkpoint)."""
-    m = torch.tensor(mean, dtype=img.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=img.dtype).view(1, -1, 1, 1)
+    shape = (1, -1, *[1] * (img.ndim - 2))  # B x C x H x W, or B x C x D x H x W for 3D patches
+    m = torch.tensor(mean, dtype=img.dtype).view(shape)
+    s = torch.tensor(std, dtype=img.dtype).view(shape)
     return (img - m) / s
 
 
@@ -126,8 +127,19 @@ def _strong() -> list:
             mt.RandGaussianSmoothd(keys=IMAGE, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), prob=0.2)]
 
 
+def _volume() -> list:
+    # 3D patches (C x D x H x W): flips on all three axes, in-plane quarter turns, intensity only otherwise;
+    # a 3D affine resampling would cost more than the patch's forward pass on a CPU.
+    return [mt.RandFlipd(keys=[IMAGE, LABEL], spatial_axis=a, prob=0.5) for a in (0, 1, 2)] + [
+        mt.RandRotate90d(keys=[IMAGE, LABEL], prob=0.5, spatial_axes=(1, 2)),
+        mt.RandScaleIntensityd(keys=IMAGE, factors=0.15, prob=0.5),
+        mt.RandShiftIntensityd(keys=IMAGE, offsets=0.1, prob=0.5),
+        mt.RandAdjustContrastd(keys=IMAGE, gamma=(0.7, 1.5), prob=0.3),
+        mt.RandGaussianNoised(keys=IMAGE, std=0.03, prob=0.2)]
+
+
 _AUGMENTATION_SETS = {"none": list, "default": _default, "flips": lambda: [_flip(1)], "busi": _busi, "lgg": _lgg,
-                      "liver-ct": _liver_ct, "cbis": _cbis, "strong": _strong}
+                      "liver-ct": _liver_ct, "cbis": _cbis, "strong": _strong, "3d": _volume}
 # One line each for `medseg presets`. Geometry moves image and label together (labels by nearest neighbour);
 # intensity changes touch the image only.
 AUGMENTATIONS: dict[str, str] = {
@@ -139,6 +151,7 @@ AUGMENTATIONS: dict[str, str] = {
     "liver-ct": "median or Gaussian blur, Gaussian noise (no geometry), as the liver-CT tutorial",
     "cbis": "left-right and up-down flips, brightness +-20%, as the mammography tutorial",
     "strong": "flips, rotation +-30 deg, scale +-20%, elastic, brightness/contrast/gamma, noise, blur",
+    "3d": "3D patches: flips on all axes, in-plane 90 deg turns, brightness/shift/gamma, light noise",
 }
 
 
