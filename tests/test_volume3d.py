@@ -116,8 +116,8 @@ def test_3d_model_on_2d_images_is_one_clear_error(tmp_path, capsys):
 
 
 def test_a_3d_run_takes_stacks_not_single_2d_arrays(tmp_path):
-    """The CLI groups a unit-patient run's images into stacks (one stack per folder); the Python API given
-    one 2D array says what a 3D model takes."""
+    """The CLI groups a unit-patient run's images into stacks (one stack per folder), the Python API takes one
+    2D array as a stack of one slice; only the 2D batch entry point refuses, saying what a 3D model takes."""
     import medseg
     from medseg.errors import MedsegError
 
@@ -127,5 +127,7 @@ def test_a_3d_run_takes_stacks_not_single_2d_arrays(tmp_path):
     folder = sorted(p for p in lgg.iterdir() if p.is_dir())[0]
     assert run_cli("predict", str(run), str(folder), "--out", str(tmp_path / "out")) == 0
     assert len(list((tmp_path / "out").rglob("*.png"))) == 8
+    model = medseg.load(run)
+    assert model.predict(np.zeros((3, 64, 64), np.float32)).mask.shape == (64, 64)  # a stack of one slice
     with pytest.raises(MedsegError, match="is 3D"):
-        medseg.load(run).predict(np.zeros((3, 64, 64), np.float32))
+        model.predictor.probabilities_batch(np.zeros((2, 3, 64, 64), np.float32))

@@ -39,21 +39,23 @@ class Model:
         1-channel runs), or a path: image file, volume file or DICOM series folder."""
         p = self.predictor
         if isinstance(x, (str, Path)):
-            return self._path(Path(x))
+            return self.predict_path(Path(x))
         arr = np.asarray(x)
         arr = arr.astype(np.float32) / 255 if arr.dtype == np.uint8 else arr.astype(np.float32)
         ch = int(p.plan["channels"])
         if arr.ndim == 2:
             arr = arr[None]
         if arr.ndim == 3 and arr.shape[0] == ch:
-            prob = p.probabilities(arr)
+            # 2.5D and 3D runs see one image as a stack of one slice (its edge repeated), as `medseg predict` does
+            stacked = p.three_d or int(p.plan.get("neighbours") or 0)
+            prob = p.volume_probabilities(iter([arr]), 1)[0].astype(np.float32) if stacked else p.probabilities(arr)
         elif arr.ndim == 3 and ch == 1:
             prob = p.volume_probabilities(iter(arr[:, None]), arr.shape[0]).astype(np.float32)
         else:
             raise MedsegError(None, f"expected H x W, {ch} x H x W or Z x H x W input, got shape {arr.shape}")
         return Prediction(postprocess.apply(prob, p.setting), prob.astype(np.float32))
 
-    def _path(self, path: Path) -> Prediction:
+    def predict_path(self, path: Path) -> Prediction:
         import SimpleITK as sitk
         p = self.predictor
         ch, intensity = p.plan["channels"], p.plan.get("intensity")

@@ -221,6 +221,23 @@ weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights files (
 app.add_typer(weights_app, name="weights")
 
 
+@app.command()
+def serve(run: Path = typer.Argument(..., help="Run folder (from medseg train)."),
+          host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this machine only)."),
+          port: int = typer.Option(8000, help="Port."),
+          max_upload_mb: float = typer.Option(64, help="Largest accepted upload (413 beyond)."),
+          timeout: float = typer.Option(120, help="Seconds one prediction may take (504 beyond)."),
+          workers: int = typer.Option(1, help="Predictions run at once."),
+          queue: int = typer.Option(4, help="Requests that may wait for a worker (503 beyond).")) -> None:
+    """HTTP service and browser viewer for a run: POST /predict, POST /view, GET /health, /model, /eval; the
+    viewer at http://HOST:PORT/ and the OpenAPI docs at /docs."""
+    from .serve import serve as run_service
+    if workers < 1 or queue < 0 or max_upload_mb <= 0 or timeout <= 0:
+        raise MedsegError(None, "--workers must be >= 1, --queue >= 0, --max-upload-mb and --timeout > 0")
+    print(f"medseg serving {run} at http://{host}:{port}/ (API docs at /docs); Ctrl-C stops", file=sys.stderr)
+    run_service(run, host, port, max_upload_mb, timeout, workers, queue)
+
+
 @weights_app.command("convert")
 def weights_convert(src: Path = typer.Argument(..., help="torchvision state dict (.pth), e.g. vgg16-397923af.pth."),
                     dst: Path = typer.Argument(..., help="Output .safetensors file.")) -> None:

@@ -364,6 +364,14 @@ def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, tt
     if batch_size < 1:
         raise MedsegError(None, f"--batch-size must be at least 1, got {batch_size}")
     predictor = Predictor.load(run, tta=tta, engine=engine, threshold=threshold, batch_size=batch_size)
+    return predict_with(predictor, inputs, out, quiet, fmt, prob, overlay)
+
+
+def predict_with(predictor: Predictor, inputs: list[str | Path], out: str | Path, quiet: bool = False,
+                 fmt: str = "auto", prob: bool = False, overlay: bool = False) -> list[Path]:
+    """`predict_files` with a loaded predictor (the service keeps one for all its requests)."""
+    if fmt not in FORMATS:
+        raise MedsegError(None, f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     todo = collect_inputs([Path(p) for p in inputs])
     if predictor.plan.get("unit") == "patient" or predictor.plan.get("neighbours"):
         todo = as_stacks(todo)

@@ -53,8 +53,8 @@ def unfit(probs: torch.Tensor, hw: tuple[int, int], keep_aspect: bool = False) -
 def normalize(img: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
     """Per-channel z-score with the training set's statistics (stored in the checkpoint)."""
     shape = (1, -1, *[1] * (img.ndim - 2))  # B x C x H x W, or B x C x D x H x W for 3D patches
-    m = torch.tensor(mean, dtype=img.dtype).view(shape)
-    s = torch.tensor(std, dtype=img.dtype).view(shape)
+    m = torch.tensor(mean, dtype=img.dtype, device=img.device).view(shape)
+    s = torch.tensor(std, dtype=img.dtype, device=img.device).view(shape)
     return (img - m) / s
 
 

@@ -1,0 +1,90 @@
+"""What the data pipeline delivers against what the training step consumes, with the default settings on
+LGG dev (the cached uint8 arrays of the 24 training patients, 2.5D, the default augmentation), measured in
+this run on 1 thread each (the training default):
+
+    python -m benchmarks.pipeline [--data ../shared/data/lgg-kaggle_3m-dev] [--batches 40]
+
+  cache only       samples/s of batches() with no augmentation (memory-mapped cache -> float batches)
+  cached+augmented samples/s of batches() with the default augmentation (what training draws)
+  training step    samples/s of forward + loss + backward + AdamW step of the default model at that size
+Target: the augmented pipeline >= 10x the training step's demand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .common import machine, record
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/lgg-kaggle_3m-dev"))
+    ap.add_argument("--batches", type=int, default=40)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    from medseg.adapters import load_dataset
+    from medseg.checkpoint import in_channels
+    from medseg.data import batches, channel_stats, load_arrays, prep_of, sample_indices, with_neighbours
+    from medseg.losses import build_loss
+    from medseg.models import build_model
+    from medseg.plan import make_plan
+    from medseg.transforms import augmentation, normalize
+
+    ds = load_dataset(args.data)
+    plan = make_plan(ds)
+    train = set(plan["split"]["train"])
+    tr = with_neighbours(load_arrays([it for it in ds.items if it.patient in train], prep_of(plan)),
+                         int(plan["neighbours"]))
+    plan["mean"], plan["std"] = channel_stats(tr.images)
+    bs = plan["batch_size"]
+    rng = np.random.default_rng(0)
+    idx = sample_indices(tr.masks, bs * args.batches, plan["lesion_fraction"], rng)
+
+    def loader_rate(aug) -> tuple[float, list]:
+        t = time.perf_counter()
+        out = list(batches(tr, idx, bs, aug))
+        return len(idx) / (time.perf_counter() - t), out
+
+    plain, _ = loader_rate(augmentation("none"))
+    aug = augmentation(plan["augmentation"])
+    aug.set_random_state(seed=0)
+    augmented, drawn = loader_rate(aug)
+
+    model = build_model(plan["model"], in_channels(plan), 1, **plan["model_args"]).to(memory_format=torch.channels_last)
+    loss_fn = build_loss(plan["loss"])
+    opt = torch.optim.AdamW(model.parameters(), plan["lr"])
+    model.train()
+
+    def step(x, y):
+        x = normalize(x, plan["mean"], plan["std"]).contiguous(memory_format=torch.channels_last)
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for x, y in drawn[:2]:
+        step(x, y)
+    t = time.perf_counter()
+    for x, y in drawn[2:12]:
+        step(x, y)
+    demand = 10 * bs / (time.perf_counter() - t)
+    m = machine()
+    print(f"\n{m['cpu']} ({m['cores']} cores), 1 thread, torch {m['torch']}, {m['date']}")
+    print(f"LGG dev, {len(tr.items)} training slices at {plan['image_size']} px, {in_channels(plan)} channels "
+          f"(2.5D), batch {bs}, augmentation {plan['augmentation']!r}, model {plan['model']}")
+    print(f"{'stage':28} {'samples/s':>10} {'x step demand':>14}")
+    for name, r in (("cache only", plain), ("cached + augmented", augmented), ("training step (demand)", demand)):
+        print(f"{name:28} {r:>10.1f} {r / demand:>14.1f}")
+    record("pipeline", {"data": args.data, "image_size": plan["image_size"], "batch": bs,
+                        "augmentation": plan["augmentation"], "cache_only_per_s": round(plain, 1),
+                        "augmented_per_s": round(augmented, 1), "step_demand_per_s": round(demand, 1)})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""`medseg serve`: the real app on 127.0.0.1 (uvicorn in a thread), spoken to over HTTP with httpx.
+
+Two small runs: one on a BUSI replica (2D images) and one on a 3D-IRCADb replica (CT, DICOM series and
+NIfTI volumes). Every format in and out, metrics against a sent truth, and the 4xx/5xx answers."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+import tifffile
+from PIL import Image
+
+from medseg import metrics
+from medseg.predict import predict_files
+from medseg.serve import create_app, sniff
+from medseg.train import train
+
+from conftest import run_cli, write_busi_replica
+from replica_ircadb import write_ircadb_replica
+
+TINY = {"model_args": {"features": [8, 16, 32], "res_units": 1}, "time_budget_s": None}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def live(app):
+    """The app served by uvicorn on a free loopback port; yields its base URL."""
+    import uvicorn
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    busi = write_busi_replica(root / "Dataset_BUSI_with_GT", per_class=3)
+    train(busi, root / "busi_run", epochs=2, image_size=32, batch_size=2, quiet=True, settings=TINY)
+    ct = write_ircadb_replica(root / "3Dircadb1", patients=2, slices=6, size=32)
+    train(ct, root / "ct_run", epochs=1, image_size=32, batch_size=2, val_fraction=0.5, quiet=True, settings=TINY)
+    return {"busi": busi, "busi_run": root / "busi_run", "ct": ct, "ct_run": root / "ct_run", "root": root}
+
+
+@pytest.fixture(scope="module")
+def busi_url(runs):
+    with live(create_app(runs["busi_run"])) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def ct_url(runs):
+    with live(create_app(runs["ct_run"])) as url:
+        yield url
+
+
+def _post(url: str, data: bytes, name: str = "upload", truth: bytes | None = None, **params) -> httpx.Response:
+    files = {"file": (name, data)}
+    if truth is not None:
+        files["truth"] = ("truth", truth)
+    return httpx.post(f"{url}/predict", files=files, params=params, timeout=60)
+
+
+def _image(busi: Path) -> Path:
+    return sorted((busi / "benign").glob("*[0-9]).png"))[0]
+
+
+def test_health_model_and_openapi(busi_url):
+    assert httpx.get(f"{busi_url}/health").json()["status"] == "ok"
+    m = httpx.get(f"{busi_url}/model").json()
+    assert m["config"]["layout"] == "busi" and m["config"]["image_size"] == 32
+    fp = m["train_data_fingerprint"]
+    assert fp["images"]["train"] > 0 and len(fp["split_sha256"]) == 16 and len(fp["mean"]) == 1
+    spec = httpx.get(f"{busi_url}/openapi.json").json()
+    assert {"/predict", "/view", "/health", "/model", "/eval"} <= set(spec["paths"])
+
+
+def test_png_in_png_out_equals_the_cli(busi_url, runs, tmp_path):
+    src = _image(runs["busi"])
+    r = _post(busi_url, src.read_bytes(), name="benign (1).png")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert "benign%20%281%29_mask.png" in r.headers["content-disposition"]  # RFC 5987 for the space
+    served = np.asarray(Image.open(io.BytesIO(r.content)))
+    cli = predict_files(runs["busi_run"], [src], tmp_path / "cli", quiet=True)[0]
+    assert np.array_equal(served, np.asarray(Image.open(cli)))
+    assert served.shape == np.asarray(Image.open(src)).shape[:2]
+
+
+def test_jpeg_gives_png_and_tiff_gives_tiff(busi_url, runs):
+    arr = np.asarray(Image.open(_image(runs["busi"])).convert("L"))
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG")
+    r = _post(busi_url, buf.getvalue(), name="scan.jpg")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr)
+    r = _post(busi_url, buf.getvalue(), name="no-extension")  # kind sniffed from content, not the name
+    assert r.status_code == 200 and r.headers["content-type"] == "image/tiff"
+    assert tifffile.imread(io.BytesIO(r.content)).shape == arr.shape
+
+
+def test_truth_gives_metrics(busi_url, runs):
+    src = _image(runs["busi"])
+    truth = src.with_name(src.stem + "_mask.png")
+    r = _post(busi_url, src.read_bytes(), truth=truth.read_bytes())
+    assert r.status_code == 200
+    got = r.json()
+    pred = np.asarray(Image.open(io.BytesIO(_post(busi_url, src.read_bytes()).content))) > 0
+    gt = np.asarray(Image.open(truth).convert("L")) > 0
+    want = metrics.scores(metrics.counts(pred, gt))
+    assert got["dice"] == pytest.approx(want["dice"]) and got["gt_pixels"] == int(gt.sum())
+
+
+def test_zipped_dicom_series_gives_dicom_seg_and_nifti_gives_nifti(ct_url, runs, tmp_path):
+    series = runs["ct"] / "3Dircadb1.1" / "PATIENT_DICOM"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in sorted(series.iterdir()):
+            z.write(f, f"../../evil/{f.name}")  # archive paths are never used as paths
+    r = _post(ct_url, buf.getvalue(), name="series.zip")
+    assert r.status_code == 200, r.text
+    seg = pydicom.dcmread(io.BytesIO(r.content))
+    assert seg.Modality == "SEG" and len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 6
+    assert not (tmp_path.parent / "evil").exists()
+    vol = np.stack([pydicom.dcmread(f).pixel_array for f in sorted(series.iterdir())]).astype(np.int16)
+    img = sitk.GetImageFromArray(vol)
+    img.SetSpacing((0.7, 0.7, 2.0))
+    nii = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(img, str(nii), True)
+    r = _post(ct_url, nii.read_bytes(), name="ct.nii.gz")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/gzip"
+    (tmp_path / "mask.nii.gz").write_bytes(r.content)
+    out = sitk.ReadImage(str(tmp_path / "mask.nii.gz"))
+    assert out.GetSize() == img.GetSize() and np.allclose(out.GetSpacing(), (0.7, 0.7, 2.0))
+
+
+def test_view_gives_slices_for_the_viewer(ct_url, busi_url, runs, tmp_path):
+    r = httpx.post(f"{busi_url}/view", files={"file": ("x", _image(runs["busi"]).read_bytes())}, timeout=60)
+    body = r.json()
+    assert r.status_code == 200 and body["slices"] == 1 and len(body["images"]) == len(body["masks"]) == 1
+    series = runs["ct"] / "3Dircadb1.1" / "PATIENT_DICOM"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in sorted(series.iterdir()):
+            z.write(f, f.name)
+    body = httpx.post(f"{ct_url}/view", files={"file": ("s.zip", buf.getvalue())}, timeout=60).json()
+    assert body["slices"] == 6 and Image.open(io.BytesIO(__import__("base64").b64decode(body["images"][0]))).size == (32, 32)
+
+
+def test_bad_input_gets_clear_4xx_and_the_service_stays_up(busi_url, runs):
+    png = _image(runs["busi"]).read_bytes()
+    cases = {
+        "text": (b"hello, not an image" * 10, 415),
+        "truncated png": (png[:60], 422),
+        "empty": (b"", 400),
+        "bad zip": (b"PK\x03\x04" + b"\x00" * 100, 400),
+        "gzip, not nifti": (__import__("gzip").compress(b"x" * 1000), 415),
+    }
+    for name, (data, code) in cases.items():
+        r = _post(busi_url, data, name="scan.png")
+        assert r.status_code == code, (name, r.status_code, r.text)
+        detail = r.json()["detail"]
+        assert "medseg-serve-" not in detail and "Traceback" not in detail, detail  # no server paths
+    assert _post(busi_url, png).status_code == 200
+
+
+def test_limits_413_503_504(runs, monkeypatch):
+    from medseg import serve
+    png = _image(runs["busi"]).read_bytes()
+    app = create_app(runs["busi_run"], max_upload_mb=len(png) / 2 / 1024 / 1024)
+    with live(app) as url:
+        r = _post(url, png)
+        assert r.status_code == 413 and "upload limit" in r.json()["detail"]
+    slow = create_app(runs["busi_run"], timeout_s=0.3, workers=1, queue=0)
+    original = serve.Service.predict_file
+
+    def sleepy(self, *a):
+        time.sleep(1.0)
+        return original(self, *a)
+
+    monkeypatch.setattr(serve.Service, "predict_file", sleepy)
+    with live(slow) as url:
+        results = {}
+
+        def first():
+            results["first"] = _post(url, png).status_code
+        t = threading.Thread(target=first)
+        t.start()
+        time.sleep(0.15)
+        results["second"] = _post(url, png).status_code  # the only worker is busy, no queue: 503 at once
+        t.join()
+        assert results == {"first": 504, "second": 503}
+        time.sleep(1.0)  # the timed-out work finishes and frees its place
+        assert httpx.get(f"{url}/health").json()["active"] == 0
+
+
+def test_sniff_judges_content_not_names():
+    assert sniff(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10) == "png"
+    assert sniff(b"\xff\xd8\xff\xe0") == "jpeg"
+    assert sniff(b"\x00" * 128 + b"DICM") == "dicom"
+    assert sniff(b"just text") is None
+
+
+def test_serve_cli_rejects_bad_options(runs, capsys):
+    assert run_cli("serve", str(runs["busi_run"]), "--workers", "0") == 2
+    assert "--workers" in capsys.readouterr().err
