@@ -16,15 +16,15 @@ $(STAMP): pyproject.toml
 
 # Debian tools some tests use: headless Chromium renders the HTML report, dciodvfy validates DICOM SEG output.
 # Installed when missing and apt-get can (root); otherwise those tests skip, saying why.
-TOOLS := /usr/bin/chromium /usr/bin/dciodvfy
+TOOLS := /usr/bin/chromium /usr/bin/chromedriver /usr/bin/dciodvfy
 tools:
 	@missing=""; for t in $(TOOLS); do [ -x $$t ] || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing chromium and dicom3tools for the report and DICOM SEG tests"; \
-	    (apt-get install -y -q chromium dicom3tools >/dev/null 2>&1 || \
-	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium dicom3tools >/dev/null 2>&1)) \
-	    || echo "could not install chromium/dicom3tools: their tests will skip"; \
+	    (apt-get install -y -q chromium chromium-driver dicom3tools >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver dicom3tools >/dev/null 2>&1)) \
+	    || echo "could not install chromium/chromium-driver/dicom3tools: their tests will skip"; \
 	  else echo "missing$$missing (not root or no apt-get): their tests will skip"; fi; \
 	fi
 

@@ -229,3 +229,147 @@ def test_sniff_judges_content_not_names():
 def test_serve_cli_rejects_bad_options(runs, capsys):
     assert run_cli("serve", str(runs["busi_run"]), "--workers", "0") == 2
     assert "--workers" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ browser
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+def test_viewer_in_headless_chromium_shows_the_overlay(runs, tmp_path):
+    """Upload a real BUSI image (the replica where ../shared is absent) through the page's file input, wait
+    for the overlay, check that red mask pixels are drawn over the image, and save a screenshot."""
+    if not CHROMEDRIVER.exists() or not Path("/usr/bin/chromium").exists():
+        pytest.skip("Debian's chromium and chromium-driver are not installed (`make test` installs them as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from conftest import SHARED
+    real = SHARED / "busi-dev" / "Dataset_BUSI_with_GT" / "benign" / "benign (10).png"
+    image = real if real.exists() else _image(runs["busi"])
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = "/usr/bin/chromium"
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,800",
+              f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(a)
+    with live(create_app(runs["busi_run"])) as url:
+        driver = webdriver.Chrome(service=DriverService(str(CHROMEDRIVER)), options=opts)
+        try:
+            driver.get(url + "/")
+            driver.find_element(By.ID, "file").send_keys(str(image))
+            WebDriverWait(driver, 60).until(
+                lambda d: d.find_element(By.ID, "canvas").get_attribute("data-ready") == "1"
+                or "error" in (d.find_element(By.ID, "status").get_attribute("class") or ""))
+            status = driver.find_element(By.ID, "status").text
+            assert driver.find_element(By.ID, "canvas").get_attribute("data-ready") == "1", status
+            assert "mask pixels" in status
+            # the canvas's own pixels: where the mask is, red dominates (the image is grey)
+            red = driver.execute_script("""
+                const c = document.getElementById('canvas'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] > d[i + 1] + 40) n++; return n;""")
+            fg = int(status.split(": ")[1].split(" mask")[0])
+            assert (red > 0) == (fg > 0), (red, fg)
+            driver.find_element(By.ID, "opacity").send_keys("\ue012" * 50)  # arrow left x50: opacity 0
+            red0 = driver.execute_script("""
+                const c = document.getElementById('canvas'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] > d[i + 1] + 40) n++; return n;""")
+            assert red0 == 0
+            driver.find_element(By.ID, "opacity").send_keys("\ue014" * 50)  # back to 100%
+            shot = tmp_path / "viewer.png"
+            driver.save_screenshot(str(shot))
+            assert Image.open(shot).size[0] >= 800
+            import os
+            if os.environ.get("MEDSEG_SCREENSHOT"):  # keep one for the docs
+                Path(os.environ["MEDSEG_SCREENSHOT"]).write_bytes(shot.read_bytes())
+            driver.get(url + "/eval")
+            assert "evaluation" in driver.title
+        finally:
+            driver.quit()
+
+
+# ------------------------------------------------------------------------------------------- load
+def test_load_1000_requests_with_100_malformed_stays_up_with_bounded_memory(runs):
+    """1,000 requests (900 real images, 100 malformed of 4 kinds) from 8 client threads against `medseg
+    serve` in its own process; the service answers every one (200, 4xx for the malformed, 503 when full),
+    stays healthy, and its peak RSS stays bounded. Prints the figures."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", "from medseg.cli import main; main()", "serve",
+                             str(runs["busi_run"]), "--port", str(port), "--workers", "2", "--queue", "16"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        png = _image(runs["busi"]).read_bytes()
+        bad = [b"not an image at all", png[:80], b"", b"PK\x03\x04junk"]
+        jobs = [bad[(i // 10) % 4] if i % 10 == 9 else png for i in range(1000)]
+
+        def rss_kb(field: str) -> int:
+            return int(next(line for line in open(f"/proc/{proc.pid}/status") if line.startswith(field)).split()[1])
+
+        def one(data: bytes):
+            t = time.perf_counter()
+            with httpx.Client(timeout=60) as c:
+                r = c.post(f"{url}/predict", files={"file": ("x.png", data)})
+            return r.status_code, time.perf_counter() - t, data is png
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:
+            first = list(pool.map(one, jobs[:200]))
+            rss_after_200 = rss_kb("VmRSS")
+            rest = list(pool.map(one, jobs[200:]))
+        wall = time.perf_counter() - t0
+        results = first + rest
+        codes: dict[int, int] = {}
+        for code, _, _ in results:
+            codes[code] = codes.get(code, 0) + 1
+        lat = sorted(dt for _, dt, _ in results)
+        p95 = lat[int(0.95 * len(lat))]
+        peak_mb, end_mb = rss_kb("VmHWM") / 1024, rss_kb("VmRSS") / 1024
+        print(f"\nload: {len(results)} requests in {wall:.1f} s = {len(results) / wall:.1f} req/s; p95 latency "
+              f"{p95 * 1000:.0f} ms; status codes {dict(sorted(codes.items()))}; peak RSS {peak_mb:.0f} MB "
+              f"(after 200 requests {rss_after_200 / 1024:.0f} MB, at the end {end_mb:.0f} MB)")
+        assert httpx.get(f"{url}/health").json()["status"] == "ok"
+        assert all(code in (200, 503) for code, _, good in results if good)
+        assert all(400 <= code < 500 or code == 503 for code, _, good in results if not good)
+        assert codes.get(200, 0) >= 800  # the queue (16) absorbs 8 clients: nearly all are served
+        assert proc.poll() is None
+        assert end_mb < rss_after_200 / 1024 + 150 and peak_mb < 2000  # no growth with the request count
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# ---------------------------------------------------------------------------------------- schema
+def test_openapi_schema_holds_under_generated_requests(runs):
+    """schemathesis generates requests from the OpenAPI spec; no answer may be a 5xx or break the spec."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(runs["busi_run"]))
+    failures, calls = [], []
+    for op in schema.get_all_operations():
+        operation = op.ok()
+
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=operation.as_strategy())
+        def check(case):
+            response = case.call()
+            calls.append((operation.label, response.status_code))
+            if response.status_code >= 500:
+                failures.append((operation.label, response.status_code, response.text[:200]))
+            case.validate_response(response, checks=[schemathesis.checks.not_a_server_error])
+
+        check()
+    assert not failures, failures[:5]
+    assert {label for label, _ in calls} >= {"POST /predict", "POST /view", "GET /health", "GET /model"}, calls[:5]
