@@ -289,6 +289,7 @@ def test_viewer_in_headless_chromium_shows_the_overlay(runs, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- load
+@pytest.mark.slow  # ~25 s of 8 clients hammering the service: `pytest -m slow -k load -s` prints the figures
 def test_load_1000_requests_with_100_malformed_stays_up_with_bounded_memory(runs):
     """1,000 requests (900 real images, 100 malformed of 4 kinds) from 8 client threads against `medseg
     serve` in its own process; the service answers every one (200, 4xx for the malformed, 503 when full),
