@@ -49,6 +49,14 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:3]}"
 
 
+def sigint_at(epoch: int, step: int):
+    """A training callback that sends this process SIGINT (Ctrl-C) at that step of that epoch."""
+    def callback(event, info):
+        if event == "step" and info["epoch"] == epoch and info["step"] == step:
+            os.kill(os.getpid(), signal.SIGINT)
+    return callback
+
+
 def assert_clean(run: Path) -> None:
     stray = [p.name for p in run.rglob("*") if p.name.endswith((".tmp", ".old")) or p.name == ".lock"]
     assert not stray, stray
@@ -80,13 +88,9 @@ def test_resume_mid_epoch_and_from_a_copied_checkpoint_equal_uninterrupted(tmp_p
 
     train(lgg, straight, epochs=4, settings=TINY, callback=copy_at_epoch_2, **KW)
 
-    def interrupt(event, info):
-        if event == "step" and info["epoch"] == 3 and info["step"] == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt, match="--resume"):
-        train(lgg, cut, epochs=4, settings=TINY, callback=interrupt, **KW)
+        train(lgg, cut, epochs=4, settings=TINY, callback=sigint_at(3, 5), **KW)
     _, state, _ = load_training_state(cut / "last")
     assert (state["epoch"], state["pos"]) == (2, 5)
     assert_clean(cut)

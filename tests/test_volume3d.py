@@ -5,8 +5,6 @@ where a 3D model meets 2D images."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import nibabel as nib
 import numpy as np
@@ -21,7 +19,7 @@ from medseg.volumes import crop, sample_patches, to_volumes
 
 from conftest import run_cli, write_busi_replica, write_lgg_replica
 from replica_nifti import write_msd_replica
-from test_train_engine import assert_clean, assert_same_weights
+from test_train_engine import assert_clean, assert_same_weights, sigint_at
 
 TINY3D = {"model": "unet3d", "model_args": {"features": [4, 8, 16], "res_units": 1, "norm": "instance"},
           "patch_size": [8, 16, 16]}
@@ -76,13 +74,9 @@ def test_3d_training_resumes_exactly_mid_epoch(tmp_path, msd):
     settings = {**TINY3D, "time_budget_s": None}
     train(msd, tmp_path / "straight", epochs=3, settings=settings, **KW)
 
-    def interrupt(event, info):
-        if event == "step" and info["epoch"] == 2 and info["step"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt, match="--resume"):
-        train(msd, cut, epochs=3, settings=settings, callback=interrupt, **KW)
+        train(msd, cut, epochs=3, settings=settings, callback=sigint_at(2, 3), **KW)
     assert_clean(cut)
     train(resume=cut, quiet=True)
     assert_same_weights(tmp_path / "straight", cut)

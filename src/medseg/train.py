@@ -327,6 +327,16 @@ def _train(d: Dist, data, out, layout, epochs, time_budget_s, val_fraction, seed
             lock.release()
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def uses_bf16(plan: dict, device: torch.device) -> bool:
+    """bf16 autocast for the forward pass (weights, optimizer and loss stay fp32): "auto" on CUDA only,
+    "bf16" on any device (CPUs with AVX512-BF16 or AMX run it natively), "fp32" never."""
+    precision = plan.get("precision") or "auto"
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 def _check_plan(plan: dict) -> None:
     """Engine settings that would otherwise fail deep inside the loop: one clear line instead."""
     if plan.get("sampling", "lesion") not in SAMPLING:
@@ -340,6 +350,8 @@ def _check_plan(plan: dict) -> None:
         raise MedsegError(None, f"patience must be a whole number of epochs >= 1 or null, got {p!r}")
     if not plan.get("time_budget_s") and not plan.get("epochs"):
         raise MedsegError(None, "no end for the run: give --epochs or --time-budget")
+    if (plan.get("precision") or "auto") not in PRECISIONS:
+        raise MedsegError(None, f"precision must be one of {', '.join(PRECISIONS)}, got {plan.get('precision')!r}")
     if SPATIAL_DIMS.get(plan["model"], 2) == 3:
         volumes.patch_size(plan)
         if plan.get("augmentation") not in ("3d", "none"):
@@ -494,7 +506,7 @@ def _loop(d: Dist, run: Path, plan: dict, ds, tr: Arrays, va: Arrays, seed: int,
     per_rank = per_epoch // d.world // bs * bs
     steps = per_rank // bs
     budget, max_epochs, patience = plan.get("time_budget_s"), plan.get("epochs"), plan.get("patience")
-    amp = device.type == "cuda"
+    amp = uses_bf16(plan, device)
     t_start = time.perf_counter() - elapsed0
 
     def elapsed() -> float:
