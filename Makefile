@@ -28,7 +28,7 @@ tools:
 	  else echo "missing$$missing (not root or no apt-get): their tests will skip"; fi; \
 	fi
 
-.PHONY: demo test slow tools bench
+.PHONY: demo test slow tools bench bench-inference bench-time-to-dice
 demo: $(STAMP)
 	.venv/bin/medseg demo --out runs/demo
 
@@ -42,3 +42,11 @@ slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.peak
 	$(PY) -m benchmarks.throughput
+	$(PY) -m benchmarks.pipeline
+	$(PY) -m benchmarks.train_step
+# inference needs a trained run (RUN=runs/x, VOLUME_RUN= a 1-channel run for the 512x512x200 volume);
+# time-to-dice trains for 45 minutes (two processes, one per core)
+bench-inference: $(STAMP)
+	$(PY) -m benchmarks.inference $(RUN) $(if $(VOLUME_RUN),--volume-run $(VOLUME_RUN))
+bench-time-to-dice: $(STAMP)
+	$(PY) -m benchmarks.time_to_dice --reference

@@ -64,6 +64,11 @@ def _engines(model, plan, run_folder: Path, batch: int, threads: int) -> dict:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return cl(x.contiguous(memory_format=torch.channels_last)).float()
         out["eager channels_last bf16 autocast"] = bf16
+        if "torch.compile (inductor, frozen)" in out:
+            def compiled_bf16(x):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return compiled(x.contiguous(memory_format=torch.channels_last)).float()
+            out["torch.compile (frozen) + bf16 autocast"] = compiled_bf16
     return out
 
 

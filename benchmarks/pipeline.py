@@ -2,7 +2,7 @@
 LGG dev (the cached uint8 arrays of the 24 training patients, 2.5D, the default augmentation), measured in
 this run on 1 thread each (the training default):
 
-    python -m benchmarks.pipeline [--data ../shared/data/lgg-kaggle_3m-dev] [--batches 40]
+    python -m benchmarks.pipeline [--data ../shared/data/lgg-kaggle_3m-dev/kaggle_3m] [--batches 40]
 
   cache only       samples/s of batches() with no augmentation (memory-mapped cache -> float batches)
   cached+augmented samples/s of batches() with the default augmentation (what training draws)
@@ -24,7 +24,7 @@ from .common import machine, record
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/lgg-kaggle_3m-dev"))
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/lgg-kaggle_3m-dev/kaggle_3m"))
     ap.add_argument("--batches", type=int, default=40)
     args = ap.parse_args()
     torch.set_num_threads(1)

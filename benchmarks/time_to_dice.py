@@ -1,7 +1,7 @@
 """Wall time until the LGG dev validation split (6 of the 30 patients, seed 0) reaches per-patient Dice
 0.70 / 0.75 / 0.80 with the default settings, and the curve (validation Dice after each epoch).
 
-    python -m benchmarks.time_to_dice [--data ../shared/data/lgg-kaggle_3m-dev] [--budget 45m]
+    python -m benchmarks.time_to_dice [--data ../shared/data/lgg-kaggle_3m-dev/kaggle_3m] [--budget 45m]
                                       [--reference] [--out runs/ttd]
 
 The default run is `medseg train DATA` with nothing else but the budget. With --reference, the same
@@ -46,7 +46,7 @@ def _train(data: Path, out: Path, budget: float, settings: dict | None) -> None:
 def main() -> None:
     from medseg.train import parse_duration
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/lgg-kaggle_3m-dev"))
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/lgg-kaggle_3m-dev/kaggle_3m"))
     ap.add_argument("--budget", default="45m")
     ap.add_argument("--reference", action="store_true")
     ap.add_argument("--out", default="runs/ttd")

@@ -62,3 +62,17 @@ def test_format_override_and_unknown_format(busi_replica):
     assert load_dataset(busi_replica, "busi").layout == "busi"
     with pytest.raises(MedsegError, match="unknown format"):
         load_dataset(busi_replica, "nope")
+
+
+def test_a_download_wrapped_in_a_folder_is_read_as_its_layout_not_as_generic_folders(tmp_path):
+    """`lgg-mri-segmentation/kaggle_3m/...` given one level too high: read as LGG (split by patient), never
+    as the generic folder layout, which would make every slice a case and split slices of one patient."""
+    from medseg.adapters import load_dataset
+    from conftest import write_busi_replica, write_lgg_replica
+    write_lgg_replica(tmp_path / "lgg-mri-segmentation" / "kaggle_3m", patients=2, slices=3)
+    ds = load_dataset(tmp_path / "lgg-mri-segmentation")
+    assert ds.layout == "lgg" and ds.root.name == "kaggle_3m" and len(ds.patients) == 2
+    write_busi_replica(tmp_path / "busi" / "inner" / "Dataset_BUSI_with_GT", per_class=1)
+    assert load_dataset(tmp_path / "busi").layout == "busi"  # two wrapper levels
+    (tmp_path / "lgg-mri-segmentation" / "other").mkdir()  # two sub-folders: nothing is guessed
+    assert load_dataset(tmp_path / "lgg-mri-segmentation").layout == "folder"

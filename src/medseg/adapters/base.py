@@ -94,6 +94,10 @@ def load_dataset(root: str | Path, layout: str = "auto", target: str | None = No
             raise MedsegError(None, f"unknown format {layout!r}; known: auto, {', '.join(sorted(_REGISTRY))}")
         return _load(_REGISTRY[layout], root, target)
     specific = [a for a in _REGISTRY.values() if not a.generic and a.detect(root)]
+    if not specific:
+        inner = _unwrap(root)
+        if inner is not None:  # e.g. lgg-mri-segmentation/kaggle_3m: read the published folder inside
+            return load_dataset(inner, layout, target)
     if len(specific) > 1:
         raise MedsegError(root, f"matches several layouts ({', '.join(a.name for a in specific)}): pass --format")
     found = specific or [a for a in _REGISTRY.values() if a.generic and a.detect(root)]
@@ -101,6 +105,19 @@ def load_dataset(root: str | Path, layout: str = "auto", target: str | None = No
         known = "; ".join(f"{a.name}: {a.description}" for a in _REGISTRY.values())
         raise MedsegError(root, f"unknown layout, no known data set found here (known layouts: {known})")
     return _load(found[0], root, target)
+
+
+def _unwrap(root: Path, depth: int = 2) -> Path | None:
+    """The published folder inside wrapper folders (a download unzipped into a folder of its own name):
+    followed only while each level holds exactly one sub-folder, and only to a specific layout, so that the
+    generic folder layout never claims a known data set given one level too high (it would split LGG by
+    slice instead of by patient)."""
+    subs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "__"))]
+    if len(subs) != 1 or depth == 0:
+        return None
+    if any(not a.generic and a.detect(subs[0]) for a in _REGISTRY.values()):
+        return subs[0]
+    return _unwrap(subs[0], depth - 1)
 
 
 def _load(adapter: Adapter, root: Path, target: str | None) -> DataSet:
