@@ -16,6 +16,7 @@ from medseg.train import train
 from conftest import write_busi_replica, write_lgg_replica
 from replica_cbis import write_cbis_replica
 from replica_ircadb import write_ircadb_replica
+from replica_nifti import write_msd_replica
 from test_vgg16_unet import torchvision_state
 
 REPLICAS = {
@@ -23,6 +24,7 @@ REPLICAS = {
     "lgg": lambda root: write_lgg_replica(root / "kaggle_3m", patients=2, slices=3),
     "liver-ct": lambda root: write_ircadb_replica(root / "3Dircadb1", patients=2, slices=4, size=32),
     "cbis-mass": lambda root: write_cbis_replica(root / "cbis"),
+    "volume-3d": lambda root: write_msd_replica(root / "Task03_Liver", cases=2, slices=8, size=32),
 }
 
 
