@@ -14,6 +14,11 @@ from medseg.errors import MedsegError
 from medseg.transforms import AUGMENTATIONS, IMAGE, LABEL, augmentation
 
 
+# per-sample 2D sets (dict in, dict out); "fast" works on whole batches and "3d" on C x D x H x W patches:
+# their own tests are below and in test_volume3d.py
+SAMPLE_SETS = [n for n in AUGMENTATIONS if n not in ("fast", "3d")]
+
+
 def square(size: int = 64, channels: int = 3) -> dict:
     """A bright off-centre rectangle (so a flip of the image alone would leave the mask behind) and its mask."""
     g = torch.Generator().manual_seed(0)
@@ -26,10 +31,10 @@ def square(size: int = 64, channels: int = 3) -> dict:
 def test_every_set_is_described_and_builds():
     assert {"none", "default", "flips", "busi", "lgg", "liver-ct", "cbis", "strong"} <= set(AUGMENTATIONS)
     for name, description in AUGMENTATIONS.items():
-        assert description and isinstance(augmentation(name), mt.Compose)
+        assert description and (isinstance(augmentation(name), mt.Compose) or getattr(augmentation(name), "batched"))
 
 
-@pytest.mark.parametrize("name", list(AUGMENTATIONS))
+@pytest.mark.parametrize("name", SAMPLE_SETS)
 def test_labels_stay_binary_aligned_and_shapes_kept(name):
     aug = augmentation(name)
     aug.set_random_state(seed=1)
@@ -53,7 +58,7 @@ def test_labels_stay_binary_aligned_and_shapes_kept(name):
     assert (moved > 0) == geometric
 
 
-@pytest.mark.parametrize("name", list(AUGMENTATIONS))
+@pytest.mark.parametrize("name", SAMPLE_SETS)
 def test_set_random_state_reproduces(name):
     runs = []
     for seed in (5, 5, 6):
@@ -93,7 +98,7 @@ def test_unknown_set_is_a_medseg_error():
 def test_per_sample_cost(capsys):
     """Printed, not asserted (shared CPU): the cost of each set per 3-channel sample at 128 and 256 pixels."""
     rows = []
-    for name in AUGMENTATIONS:
+    for name in SAMPLE_SETS:
         aug = augmentation(name)
         aug.set_random_state(seed=0)
         costs = []
@@ -108,3 +113,33 @@ def test_per_sample_cost(capsys):
         rows.append(f"{name:10s} {costs[0]:7.2f} ms {costs[1]:7.2f} ms")
     with capsys.disabled():
         print("\naugmentation cost per sample (128x128, 256x256):\n" + "\n".join(rows))
+
+
+def test_fast_batched_set_is_seeded_keeps_labels_binary_and_its_state_is_checkpointed():
+    import numpy as np
+    import torch
+
+    from medseg.train import _random_states
+    from medseg.transforms import augmentation
+
+    x = torch.rand(32, 3, 48, 48)
+    y = torch.zeros(32, 1, 48, 48)
+    y[:, :, 12:36, 16:30] = 1
+    a, b = augmentation("fast"), augmentation("fast")
+    a.set_random_state(seed=5)
+    b.set_random_state(seed=5)
+    xa, ya = a(x.clone(), y.clone())
+    xb, yb = b(x.clone(), y.clone())
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert set(ya.unique().tolist()) <= {0.0, 1.0}
+    moved = (ya != y).flatten(1).any(1)
+    assert 0 < int(moved.sum()) < 32  # some samples flipped/rotated, not all (probabilities 0.5 and 0.7)
+    # the image moved with its label: where the label moved, the image changed too
+    assert bool(((xa != x).flatten(1).any(1) | ~moved).all())
+    assert [id(r) for r in _random_states(a)] == [id(a.R)]  # the RandomState a checkpoint saves
+    state = a.R.get_state()
+    x1, _ = a(x.clone(), y.clone())
+    a.R.set_state(state)
+    x2, _ = a(x.clone(), y.clone())
+    assert torch.equal(x1, x2)
+    assert np.isfinite(xa.numpy()).all()

@@ -229,6 +229,11 @@ def sample_indices(masks: torch.Tensor | np.ndarray, n: int, lesion_fraction: fl
 
 def batches(arrays: Arrays, indices: np.ndarray, batch_size: int, augment) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield augmented (image float32, label float32) batches for the given sample indices."""
+    if getattr(augment, "batched", False):  # a batch augmenter (transforms.BatchDefault): one call per batch
+        for start in range(0, len(indices) - batch_size + 1, batch_size):
+            idx = torch.as_tensor(np.asarray(indices[start:start + batch_size]), dtype=torch.long)
+            yield augment(arrays.images[idx].float() / 255, arrays.masks[idx].float())
+        return
     for start in range(0, len(indices) - batch_size + 1, batch_size):
         xs, ys = [], []
         for i in indices[start:start + batch_size]:

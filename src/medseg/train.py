@@ -178,7 +178,7 @@ class RunLock:
 
 # ----------------------------------------------------------------------------------------------- RNG state
 def _random_states(obj, seen: set | None = None):
-    """Every numpy RandomState inside a MONAI transform tree, in a fixed order (construction order)."""
+    """Every numpy RandomState inside a MONAI (or medseg) transform tree, in a fixed order (construction order)."""
     seen = set() if seen is None else seen
     if id(obj) in seen:
         return
@@ -188,7 +188,7 @@ def _random_states(obj, seen: set | None = None):
     elif isinstance(obj, (list, tuple)):
         for x in obj:
             yield from _random_states(x, seen)
-    elif type(obj).__module__.startswith("monai") and hasattr(obj, "__dict__"):
+    elif type(obj).__module__.startswith(("monai", "medseg.")) and hasattr(obj, "__dict__"):
         for v in vars(obj).values():
             yield from _random_states(v, seen)
 
