@@ -52,7 +52,7 @@ def cases(run: Path, out: Path) -> None:
         rows = sorted((r for r in csv.DictReader(f) if int(r["gt_pixels"]) > 0), key=lambda r: float(r["dice"]))
     picks = {"worst": rows[0], "median": rows[len(rows) // 2], "best": rows[-1]}
     ds = load_dataset(plan["data"], plan["layout"], plan.get("target_name"))
-    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.6), dpi=110)
+    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.6), dpi=90)
     for ax, (label, row) in zip(axes, picks.items()):
         items = sorted((it for it in ds.items if it.case == row["case"]), key=lambda it: it.index)
         read = [read_item(it, prep_of(plan)) for it in items]
@@ -65,8 +65,8 @@ def cases(run: Path, out: Path) -> None:
         where = f", slice {items[k].index}" if len(items) > 1 else ""
         ax.set_title(f"{label}: {row['case']}{where}\nDice {float(row['dice']):.3f}", fontsize=8)
         ax.axis("off")
-    fig.suptitle("ground truth green, prediction red", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.text(0.5, 0.02, "ground truth outlined green, prediction red", ha="center", fontsize=8)
     fig.savefig(out)
     plt.close(fig)
 
