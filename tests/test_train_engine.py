@@ -289,3 +289,10 @@ def test_empty_drop_drops_about_that_share_of_empty_images():
     drawn = sample_indices(areas, 5000, 0.0, np.random.default_rng(1), mode="uniform", empty_drop=0.6)
     empty_share = np.mean(areas[drawn] == 0)
     assert abs(empty_share - 800 / 900) < 0.03  # ~800 of 2000 empty images left beside the 100 lesion ones
+
+
+@pytest.mark.slow  # compiling takes ~20 s on 2 cores
+def test_compiled_training_step_trains_and_saves_plain_weights(tmp_path, lgg):
+    summary = train(lgg, tmp_path / "c", epochs=2, settings={**TINY, "compile": True}, **KW)
+    assert math.isfinite(summary["best_val_dice"])
+    assert not any(k.startswith("_orig_mod") for k in weights(tmp_path / "c"))  # the module's own names

@@ -240,4 +240,5 @@ def batches(arrays: Arrays, indices: np.ndarray, batch_size: int, augment) -> It
             out = augment({IMAGE: arrays.images[i].float() / 255, LABEL: arrays.masks[i].float()})
             xs.append(torch.as_tensor(out[IMAGE]))
             ys.append(torch.as_tensor(out[LABEL]))
-        yield torch.stack(xs), torch.stack(ys)
+        # plain tensors: MONAI returns MetaTensors, whose dispatch torch.compile's graphs do not take
+        yield torch.stack(xs).as_subclass(torch.Tensor), torch.stack(ys).as_subclass(torch.Tensor)
