@@ -22,6 +22,12 @@ def machine() -> dict:
             "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
+def header(threads: int) -> str:
+    """The line every table starts with: this machine, the thread count, torch, the date."""
+    m = machine()
+    return f"\n{m['cpu']} ({m['cores']} cores), {threads} thread(s), torch {m['torch']}, {m['date']}"
+
+
 def record(name: str, payload: dict) -> None:
     folder = Path(__file__).parent / "results"
     folder.mkdir(exist_ok=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import machine, rate, record
+from .common import header, rate, record
 
 
 def _val_images(run: Path, plan: dict) -> torch.Tensor:
@@ -138,8 +138,7 @@ def main() -> None:
             rows.append({"engine": name, "img_s": round(speed, 1), "x_ref": round(speed / ref_rate, 2),
                          "mask_dice_vs_ref": round(_dice(masks, ref_masks), 5)})
             print(f"  measured {name}", flush=True)
-    m = machine()
-    print(f"\n{m['cpu']} ({m['cores']} cores), {args.threads} thread(s), torch {m['torch']}, {m['date']}")
+    print(header(args.threads))
     print(f"run {args.run}: {plan['model']} {plan.get('model_args')}, {plan['image_size']} px, "
           f"{images.shape[1]} channels; {n} validation slices, batch {args.batch}")
     print(f"{'engine':38} {'img/s':>8} {'x ref':>6} {'mask Dice vs ref':>17}")

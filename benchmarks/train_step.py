@@ -17,7 +17,7 @@ import contextlib
 
 import torch
 
-from .common import machine, rate, record
+from .common import header, rate, record
 
 SIZE, BATCH, CHANNELS = 128, 16, 9
 
@@ -91,8 +91,7 @@ def main() -> None:
     top = [{"op": e.key, "self_ms_per_step": round(e.self_cpu_time_total / 3 / 1000, 1),
             "share": round(e.self_cpu_time_total / total, 3)} for e in events[:12]]
 
-    m = machine()
-    print(f"\n{m['cpu']} ({m['cores']} cores), {args.threads} thread(s), torch {m['torch']}, {m['date']}")
+    print(header(args.threads))
     print(f"default network {DEFAULTS['model']} {DEFAULTS['model_args']}, {CHANNELS} x {SIZE} x {SIZE}, batch {BATCH}, "
           f"{DEFAULTS['loss']}, AdamW")
     print(f"{'variant':46} {'img/s':>7} {'x ref':>6}")
