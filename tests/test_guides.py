@@ -63,6 +63,17 @@ def test_every_guide_exists_and_has_commands():
         assert any(c[0] == "train" for c in cmds) and any(c[0] == "predict" for c in cmds), g.name
 
 
+def test_every_guide_sets_up_before_its_first_medseg_command():
+    """A reader runs the blocks in order: `medseg` exists only after `make .venv/...` and `source ...`."""
+    for g in GUIDES.glob("*.md"):
+        lines = [ln.strip() for block in re.findall(r"```bash\n(.*?)```", g.read_text(), re.S)
+                 for ln in block.splitlines() if ln.strip()]
+        first = next(i for i, ln in enumerate(lines) if ln.startswith("medseg "))
+        before = lines[:first]
+        assert any(ln.startswith("make .venv") for ln in before) and "source .venv/bin/activate" in before, \
+            f"{g.name}: {lines[first]!r} comes before the set-up (make .venv/.medseg-installed; source .venv/bin/activate)"
+
+
 @pytest.mark.parametrize("name", [pytest.param(g.stem, marks=pytest.mark.slow) if g.stem in SLOW else g.stem
                                   for g in sorted(GUIDES.glob("*.md"))])
 def test_guide_commands_run_as_written(name, tmp_path, monkeypatch, capsys):
