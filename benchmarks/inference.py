@@ -5,7 +5,8 @@ memory on a 512 x 512 x 200 CT-sized volume (each slice through the 2D model: a 
 
     python -m benchmarks.inference RUN [--batch 8] [--threads 1] [--no-volume] [--volume-run RUN1CH]
 
-Engines: eager channels_last; torch.compile (inductor); ONNX Runtime (the graph of
+Engines: eager channels_last; medseg's `--engine torch` (BatchNorm folded into the convolutions,
+channels_last) and `--engine torch-bf16` (the same under bf16 autocast); torch.compile (inductor); ONNX Runtime (the graph of
 `medseg export --onnx`); eager with bf16 autocast (CPUs with AVX512-BF16 or AMX only). The images are the
 run's validation slices at the training size, read through medseg's cache.
 """
@@ -41,6 +42,11 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2 * inter / total
 
 
+def _has_bf16() -> bool:
+    flags = open("/proc/cpuinfo").read()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _engines(model, plan, run_folder: Path, batch: int, threads: int) -> dict:
     """name -> a function B x C x S x S images in [0, 1] -> logits; each built (and warmed) here."""
     from medseg.onnx_export import Normalised, OnnxNet, export_onnx
@@ -48,6 +54,13 @@ def _engines(model, plan, run_folder: Path, batch: int, threads: int) -> dict:
     out = {"eager fp32 NCHW (reference)": lambda x: net(x)}
     cl = Normalised(model.eval(), plan["mean"], plan["std"]).eval().to(memory_format=torch.channels_last)
     out["eager channels_last"] = lambda x: cl(x.contiguous(memory_format=torch.channels_last))
+    from medseg.predict import Predictor
+    for engine, label in (("torch", "medseg torch (BN folded, channels_last)"),
+                          ("torch-bf16", "medseg torch-bf16 (BN folded, autocast)")):
+        if engine == "torch-bf16" and not _has_bf16():
+            continue
+        m = Normalised(Predictor.load(run_folder, engine=engine).model, plan["mean"], plan["std"]).eval()
+        out[label] = lambda x, m=m: m(x.contiguous(memory_format=torch.channels_last))
     try:
         # (inductor's weight freezing, which folds BN into the convolutions, failed on MONAI's transposed
         # convolutions in torch 2.13: "expected bias to be 1-dimensional with 1 elements"; not frozen here)
@@ -59,7 +72,7 @@ def _engines(model, plan, run_folder: Path, batch: int, threads: int) -> dict:
         path, _ = export_onnx(run_folder, Path(tmp) / "model.onnx")
         onnx_net = OnnxNet(path, threads=threads)  # the session holds the graph; the file may go
     out["ONNX Runtime"] = onnx_net
-    if "avx512_bf16" in open("/proc/cpuinfo").read() or "amx_bf16" in open("/proc/cpuinfo").read():
+    if _has_bf16():
         def bf16(x):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return cl(x.contiguous(memory_format=torch.channels_last)).float()

@@ -135,3 +135,23 @@ def test_unet3d_forward_on_a_patch():
 def test_bad_model_requests_are_medseg_errors(name, kwargs, needle):
     with pytest.raises(MedsegError, match=needle):
         build_model(name, 3, 1, **kwargs)
+
+
+@pytest.mark.parametrize("name", [n for n in models()])
+def test_folding_batchnorm_keeps_the_function_and_removes_every_foldable_norm(name):
+    """predict folds eval BatchNorms into the convolutions before them (models.fold_batchnorm): the same
+    logits up to fp32 rounding, and no BatchNorm left that follows a convolution."""
+    from medseg.models import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = build_model(name, 3, 1)
+    three_d = SPATIAL_DIMS[name] == 3
+    x = torch.rand(2, 3, 16, 32, 32) if three_d else torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        model.train()(x * 3 - 1)  # running statistics away from (0, 1), so that folding has work to do
+        ref = model.eval()(x)
+        norms = sum(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)) for m in model.modules())
+        folded = fold_batchnorm(model)
+        left = sum(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)) for m in model.modules())
+        assert folded == norms and left == 0
+        assert torch.allclose(model(x), ref, atol=1e-4 * float(ref.abs().max()) + 1e-5)

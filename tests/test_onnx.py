@@ -69,3 +69,19 @@ def test_predict_with_onnx_engine_and_bad_file(exported, busi_real, tmp_path, ca
     from medseg.errors import MedsegError
     with pytest.raises(MedsegError, match="bad.onnx"):
         OnnxNet(bad)
+
+
+def test_torch_bf16_engine_masks_agree_with_fp32(exported, busi_real, tmp_path):
+    """`--engine torch-bf16` (bf16 autocast): the masks of real images agree with the fp32 engine's."""
+    run, _, _ = exported
+    from PIL import Image
+    files = sorted(busi_real.glob("*/*).png"))[::20]
+    inter = total = 0
+    for engine in ("torch", "torch-bf16"):
+        assert run_cli("predict", str(run), *map(str, files), "--out", str(tmp_path / engine), "--engine", engine) == 0
+    for f in files:
+        a = np.asarray(Image.open(tmp_path / "torch" / f"{f.stem}.png")) > 0
+        b = np.asarray(Image.open(tmp_path / "torch-bf16" / f"{f.stem}.png")) > 0
+        inter += int((a & b).sum())
+        total += int(a.sum() + b.sum())
+    assert len(files) >= 5 and total > 0 and 2 * inter / total >= 0.99

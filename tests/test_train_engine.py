@@ -296,3 +296,41 @@ def test_compiled_training_step_trains_and_saves_plain_weights(tmp_path, lgg):
     summary = train(lgg, tmp_path / "c", epochs=2, settings={**TINY, "compile": True}, **KW)
     assert math.isfinite(summary["best_val_dice"])
     assert not any(k.startswith("_orig_mod") for k in weights(tmp_path / "c"))  # the module's own names
+
+
+@pytest.mark.parametrize("aug", ["default", "fast"])
+def test_prefetching_trains_exactly_as_without(tmp_path, lgg, aug):
+    """data.Prefetch (augmentation in a background thread) changes when batches are made, never which: the
+    same weights and losses as the plain stream, for the per-sample MONAI set and the batched one."""
+    runs = {}
+    for p in (False, True):
+        runs[p] = tmp_path / f"prefetch-{p}"
+        train(lgg, runs[p], epochs=2, settings={**TINY, "augmentation": aug, "prefetch": p}, **KW)
+    assert_same_weights(runs[False], runs[True])
+
+
+def test_prefetch_keeps_order_passes_errors_and_rewinds_to_the_last_batch_used():
+    from medseg.data import Prefetch
+
+    state = {"made": 0}
+
+    def source():
+        for i in range(10):
+            state["made"] += 1
+            if i == 7:
+                raise ValueError("unreadable batch")
+            yield i
+
+    def restore(made):
+        state["made"] = made
+
+    stream = Prefetch(source(), 3, lambda: state["made"], restore)
+    got = [next(stream) for _ in range(4)]
+    time.sleep(0.2)  # the thread runs ahead, up to 3 batches past the 4 taken
+    assert got == [0, 1, 2, 3] and state["made"] > 4
+    stream.close()
+    assert state["made"] == 4  # as if the batches made ahead had never been drawn
+    stream = Prefetch(source(), 2, lambda: state["made"], restore)
+    with pytest.raises(ValueError, match="unreadable"):
+        list(stream)
+    stream.close()

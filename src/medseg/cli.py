@@ -110,7 +110,8 @@ def predict(run: Path = typer.Argument(..., help="Run folder (from medseg train)
             tta: bool = typer.Option(False, help="Average with left-right and up-down flipped predictions."),
             threshold: Optional[float] = typer.Option(None, help="Override the run's threshold."),
             batch_size: int = typer.Option(8, "--batch-size", help="Slices per forward pass."),
-            engine: str = typer.Option("torch", help="torch, or onnx (RUN/model.onnx from `medseg export`).")) -> None:
+            engine: str = typer.Option("torch", help="torch; torch-bf16 (bf16 autocast: faster on CPUs with AVX512-BF16/AMX, masks may differ at "
+                                         "edges); or onnx (RUN/model.onnx from `medseg export`).")) -> None:
     """Masks in each input's own format and geometry; threshold and post-processing from the run."""
     from .predict import predict_files
     predict_files(run, inputs, out, tta, fmt=format, prob=prob, overlay=overlay, threshold=threshold,

@@ -13,9 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,3 +244,65 @@ def batches(arrays: Arrays, indices: np.ndarray, batch_size: int, augment) -> It
             ys.append(torch.as_tensor(out[LABEL]))
         # plain tensors: MONAI returns MetaTensors, whose dispatch torch.compile's graphs do not take
         yield torch.stack(xs).as_subclass(torch.Tensor), torch.stack(ys).as_subclass(torch.Tensor)
+
+
+class Prefetch:
+    """Draw batches from `source` in a background thread, up to `depth` ahead of the training step.
+
+    Training runs on one thread by default (train.DEFAULT_THREADS), so on a 2-core machine the second core
+    can augment the next batches while the first runs the step; torch's kernels release the GIL. Written
+    here rather than with torch's DataLoader: its workers are processes, each with its own copy of the
+    augmenter, whose random state (saved in checkpoints for an exact resume) would then live elsewhere.
+
+    `capture()` is called after each batch is made and `restore(state)` by `close()`: the augmenter is left
+    in the state right after the last batch handed out, as if the batches ahead had never been drawn, so a
+    checkpoint taken after `close()` resumes exactly."""
+
+    _END = object()
+
+    def __init__(self, source: Iterator, depth: int, capture: Callable[[], object],
+                 restore: Callable[[object], None]):
+        self._q: queue.Queue = queue.Queue(max(1, depth))
+        self._stop = threading.Event()
+        self._capture, self._restore = capture, restore
+        self._after = capture()  # (closed before any batch was consumed: back to where it started)
+        self._thread = threading.Thread(target=self._produce, args=(source,), name="medseg-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, source: Iterator) -> None:
+        try:
+            for batch in source:
+                if not self._put((batch, self._capture())):
+                    return
+            self._put(self._END)
+        except BaseException as e:  # handed to the consumer, which raises it in the training thread
+            self._put(e)
+
+    def __iter__(self) -> "Prefetch":
+        return self
+
+    def __next__(self):
+        item = self._q.get()
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        batch, self._after = item
+        return batch
+
+    def close(self) -> None:
+        """Stop the thread and rewind the augmenter to just after the last batch consumed."""
+        self._stop.set()
+        self._thread.join()
+        if self._after is not None:
+            self._restore(self._after)
+        self._after = None

@@ -46,6 +46,8 @@ DEFAULTS = {
     "encoder_weights": None,  # pretrained encoder file (vgg16-unet); None: torchvision's file in the hub cache if present
     "freeze_encoder_epochs": 0,  # keep a pretrained encoder fixed for the first N epochs
     "compile": False,  # torch.compile the training step: false | true | auto (runs with a budget >= 10 min)
+    "prefetch": "auto",  # augment the next batches in a thread while the step runs: auto (when the process
+    # has a CPU core to spare, or trains on a GPU) | true | false
     "precision": "auto",  # forward pass in bf16 autocast: auto (CUDA only) | bf16 (also on CPUs) | fp32
     "patch_size": None,  # 3D models: training patch D x H x W (None: [32, 64, 64]); lesion_fraction of the
     # patches are centred on foreground (class-balanced), validation and prediction use a sliding window

@@ -30,14 +30,14 @@ from . import postprocess
 from .checkpoint import load_checkpoint, resolve_run
 from .errors import MedsegError, atomic_path
 from .imageio import IMAGE_SUFFIXES, is_dicom, is_mask_name, is_volume, read_image, volume_stem, write_mask_png
-from .inference import predict_probs
-from .models import SPATIAL_DIMS
+from .inference import Bf16Autocast, predict_probs
+from .models import SPATIAL_DIMS, fold_batchnorm
 from .transforms import resize_image, unfit
 from .volumes import volume_probs
 
 console = Console(stderr=True)
 FORMATS = ("auto", "png", "tif", "nifti", "dicom-seg")
-ENGINES = ("torch", "onnx")
+ENGINES = ("torch", "torch-bf16", "onnx")
 
 
 @dataclass
@@ -66,9 +66,12 @@ class Predictor:
                 raise MedsegError(None, "--engine onnx is for 2D models; this run's model is 3D: use --engine torch")
             from .onnx_export import OnnxNet
             model = OnnxNet(Path(onnx_path) if onnx_path else run_folder / "model.onnx")
-        elif engine == "torch":
+        elif engine in ("torch", "torch-bf16"):
+            fold_batchnorm(model.eval())  # same masks, one pass less per layer (benchmarks.inference)
             if SPATIAL_DIMS.get(plan["model"], 2) == 2:
                 model = model.to(memory_format=torch.channels_last)
+            if engine == "torch-bf16":
+                model = Bf16Autocast(model)
         else:
             raise MedsegError(None, f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
         return cls(model, plan, tta, setting, batch_size)

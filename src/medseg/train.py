@@ -14,6 +14,7 @@ takes a disjoint share of every epoch's draws, rank 0 alone writes files, and ev
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -41,7 +42,7 @@ from . import metrics, volumes
 from .adapters import load_dataset
 from .checkpoint import (in_channels, load_training_state, optimizer_from_tensors, optimizer_to_tensors,
                          recover_checkpoint, save_training_checkpoint)
-from .data import (SAMPLING, Arrays, batches, channel_stats, load_arrays, mask_areas, prep_of, sample_indices,
+from .data import (SAMPLING, Arrays, Prefetch, batches, channel_stats, load_arrays, mask_areas, prep_of, sample_indices,
                    with_neighbours)
 from .errors import MedsegError, atomic_path
 from .losses import build_loss
@@ -207,6 +208,16 @@ def capture_rng(rng: np.random.Generator, augment) -> dict:
     return out
 
 
+def augmenter_state(augment) -> list:
+    """The augmenter's random state alone (what data.Prefetch rewinds): cheap enough to take every batch."""
+    return [r.get_state() for r in _random_states(augment)]
+
+
+def set_augmenter_state(augment, state: list) -> None:
+    for r, st in zip(_random_states(augment), state):
+        r.set_state(st)
+
+
 def restore_rng(tensors: dict, state: dict, prefix: str, rng: np.random.Generator, augment) -> None:
     torch.set_rng_state(tensors[f"{prefix}torch"])
     if f"{prefix}cuda" in tensors and torch.cuda.is_available():
@@ -341,6 +352,19 @@ def compiles(plan: dict) -> bool:
     if c == "auto":
         return (plan.get("time_budget_s") or 0) >= COMPILE_MIN_BUDGET_S and not SPATIAL_DIMS.get(plan["model"], 2) == 3
     return bool(c)
+
+
+PREFETCH_DEPTH = 3  # batches made ahead of the step (data.Prefetch)
+
+
+def prefetches(plan: dict, device: torch.device, world: int) -> bool:
+    """Augment in a background thread: "auto" when the step leaves a CPU core free (its threads times the
+    processes on this machine are fewer than the cores this process may use) or runs on a GPU."""
+    p = plan.get("prefetch", "auto")
+    if p == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return device.type == "cuda" or int(plan.get("threads") or torch.get_num_threads()) * world < cores
+    return bool(p)
 
 
 def uses_bf16(plan: dict, device: torch.device) -> bool:
@@ -522,6 +546,7 @@ def _loop(d: Dist, run: Path, plan: dict, ds, tr: Arrays, va: Arrays, seed: int,
     steps = per_rank // bs
     budget, max_epochs, patience = plan.get("time_budget_s"), plan.get("epochs"), plan.get("patience")
     amp = uses_bf16(plan, device)
+    prefetch = prefetches(plan, device, d.world)
     t_start = time.perf_counter() - elapsed0
 
     def elapsed() -> float:
@@ -576,31 +601,36 @@ def _loop(d: Dist, run: Path, plan: dict, ds, tr: Arrays, va: Arrays, seed: int,
                 model.train()
                 t0, seen0, why = time.perf_counter(), seen, None
                 prog = d.max([progress(pos) if d.main else 0.0])[0]
-                for x, y in epoch_batches(share[pos * bs:]):
-                    lr_now = schedule.apply(opt, plan["lr"], prog)
-                    x = normalize(x, plan["mean"], plan["std"]).to(device, non_blocking=True)
-                    x = x.contiguous(memory_format=fmt)
-                    y = y.to(device, non_blocking=True)
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                        logits = model(x)
-                    loss = loss_fn(logits.float(), y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    losses.append(loss.item())
-                    seen += len(x)
-                    pos += 1
-                    step += 1
-                    over = d.main and bool(budget) and elapsed() >= budget
-                    prog, over, stop = d.max([progress(pos) if d.main else 0.0, float(over),
-                                              float(interrupted.flag)])
-                    bar.update(task, completed=prog)
-                    if callback:
-                        callback("step", {"epoch": epoch + 1, "step": pos, "loss": losses[-1]})
-                        stop = d.max([float(interrupted.flag)])[0] if not stop else stop
-                    if stop or over:
-                        why = "interrupted" if stop else "time budget"
-                        break
+                stream = epoch_batches(share[pos * bs:])
+                if prefetch:
+                    stream = Prefetch(stream, PREFETCH_DEPTH, lambda: augmenter_state(augment),
+                                      lambda st: set_augmenter_state(augment, st))
+                with contextlib.closing(stream):  # Prefetch.close: the thread stops, the augmenter rewinds
+                    for x, y in stream:
+                        lr_now = schedule.apply(opt, plan["lr"], prog)
+                        x = normalize(x, plan["mean"], plan["std"]).to(device, non_blocking=True)
+                        x = x.contiguous(memory_format=fmt)
+                        y = y.to(device, non_blocking=True)
+                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                            logits = model(x)
+                        loss = loss_fn(logits.float(), y)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                        losses.append(loss.item())
+                        seen += len(x)
+                        pos += 1
+                        step += 1
+                        over = d.main and bool(budget) and elapsed() >= budget
+                        prog, over, stop = d.max([progress(pos) if d.main else 0.0, float(over),
+                                                  float(interrupted.flag)])
+                        bar.update(task, completed=prog)
+                        if callback:
+                            callback("step", {"epoch": epoch + 1, "step": pos, "loss": losses[-1]})
+                            stop = d.max([float(interrupted.flag)])[0] if not stop else stop
+                        if stop or over:
+                            why = "interrupted" if stop else "time budget"
+                            break
                 train_time += time.perf_counter() - t0
                 if why == "interrupted" and pos < steps:
                     snap = snapshot(indices, pos, losses, seen)
