@@ -578,7 +578,8 @@ def _loop(d: Dist, run: Path, plan: dict, ds, tr: Arrays, va: Arrays, seed: int,
 
     writer = _tensorboard(run, epoch if resuming else 0) if d.main else None
     interrupted = _Interrupt()
-    stop_reason, lr_now, total_seen, train_time = None, plan["lr"] * schedule.factor(progress(0)), 0, 0.0
+    stop_reason, lr_now, total_seen = None, plan["lr"] * schedule.factor(progress(0)), 0
+    train_time = data_wait = 0.0
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
     limit = " / ".join(([f"{max_epochs} epochs"] if max_epochs else []) + ([f"{budget:.0f}s"] if budget else []))
@@ -605,8 +606,10 @@ def _loop(d: Dist, run: Path, plan: dict, ds, tr: Arrays, va: Arrays, seed: int,
                 if prefetch:
                     stream = Prefetch(stream, PREFETCH_DEPTH, lambda: augmenter_state(augment),
                                       lambda st: set_augmenter_state(augment, st))
+                ready = time.perf_counter()  # when the step became ready for its next batch
                 with contextlib.closing(stream):  # Prefetch.close: the thread stops, the augmenter rewinds
                     for x, y in stream:
+                        data_wait += time.perf_counter() - ready
                         lr_now = schedule.apply(opt, plan["lr"], prog)
                         x = normalize(x, plan["mean"], plan["std"]).to(device, non_blocking=True)
                         x = x.contiguous(memory_format=fmt)
@@ -631,6 +634,7 @@ def _loop(d: Dist, run: Path, plan: dict, ds, tr: Arrays, va: Arrays, seed: int,
                         if stop or over:
                             why = "interrupted" if stop else "time budget"
                             break
+                        ready = time.perf_counter()
                 train_time += time.perf_counter() - t0
                 if why == "interrupted" and pos < steps:
                     snap = snapshot(indices, pos, losses, seen)
@@ -685,6 +689,7 @@ def _loop(d: Dist, run: Path, plan: dict, ds, tr: Arrays, va: Arrays, seed: int,
     summary = {"run": str(run), "epochs": epoch, "seconds": round(elapsed(), 1), "best_val_dice": best,
                "best_epoch": best_epoch, "last_val_dice": log[-1]["val_dice"] if log else float("nan"),
                "stopped": stop_reason, "samples_per_s": total_seen / max(train_time, 1e-9),
+               "data_wait_share": data_wait / max(train_time, 1e-9),  # the step waiting for its batches
                "best": str(run / "best"), "last": str(run / "last"), "processes": d.world}
     if not quiet:
         _print_summary(summary, ds.unit)
@@ -756,7 +761,7 @@ def _print_summary(s: dict, unit: str) -> None:
     rows = [("epochs", str(s["epochs"])), ("stopped by", str(s["stopped"])), ("time", f"{s['seconds']:.0f} s"),
             ("best epoch", str(s["best_epoch"])),
             (f"best val Dice (per {unit}, training size)", f"{s['best_val_dice']:.3f}"),
-            ("last val Dice", f"{s['last_val_dice']:.3f}"), ("samples/s", f"{s['samples_per_s']:.1f}"),
+            ("last val Dice", f"{s['last_val_dice']:.3f}"), ("samples/s", f"{s['samples_per_s']:.1f} ({s['data_wait_share']:.0%} of it waiting for data)"),
             ("checkpoints", f"{s['best']}  {s['last']}"), ("log", f"{s['run']}/log.csv, TensorBoard: {s['run']}/tb")]
     if s["processes"] > 1:
         rows.insert(3, ("processes", str(s["processes"])))
