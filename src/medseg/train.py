@@ -348,9 +348,13 @@ COMPILE_MIN_BUDGET_S = 600
 
 
 def compiles(plan: dict) -> bool:
+    """"auto": a 2D model, a budget of at least COMPILE_MIN_BUDGET_S (compiling takes 10-30 s) and a C++
+    compiler on the PATH (inductor's CPU code is C++); anything inductor then fails on runs eagerly."""
     c = plan.get("compile", "auto")
     if c == "auto":
-        return (plan.get("time_budget_s") or 0) >= COMPILE_MIN_BUDGET_S and not SPATIAL_DIMS.get(plan["model"], 2) == 3
+        cxx = os.environ.get("CXX") or next((n for n in ("g++", "c++", "clang++") if shutil.which(n)), None)
+        return (plan.get("time_budget_s") or 0) >= COMPILE_MIN_BUDGET_S and SPATIAL_DIMS.get(plan["model"], 2) == 2 \
+            and cxx is not None
     return bool(c)
 
 
@@ -511,6 +515,9 @@ def _loop(d: Dist, run: Path, plan: dict, ds, tr: Arrays, va: Arrays, seed: int,
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
     elif compiles(plan):  # the training step only; validation and checkpoints use the plain module
+        if plan.get("compile", "auto") == "auto":  # chosen for the user: on a failure run eagerly, do not stop
+            from torch import _dynamo
+            _dynamo.config.suppress_errors = True
         model = torch.compile(module)
 
     if three_d:  # patches from whole volumes (volumes.py); an epoch is 4 patches per training case
