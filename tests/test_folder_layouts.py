@@ -186,3 +186,31 @@ def test_published_layouts_still_win(tmp_path):
     assert load_dataset(write_pair_replica(tmp_path / "vol", ext=".nii.gz")).layout == "nifti"
     assert folder.detect(write_images_masks(tmp_path / "flat"))
     assert not folder.detect(tmp_path / "vol")  # volumes in images/ are not 2D images
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_per_patient_folders_are_one_split_unit_and_class_folders_are_not(tmp_path, paired):
+    """12 patient folders of 3 slices each: every patient's slices land on one side of the split, each image
+    is still its own metric case. 2 class folders of many images: split by image, as before."""
+    from medseg.plan import make_plan
+
+    def write(root, folders, per):
+        for f in range(folders):
+            for s in range(per):
+                img, mask = _pair(f * per + s)
+                name = f"f{f:02d}/slice_{s}.png"
+                if paired:
+                    _save(root / "images" / name, img)
+                    _save(root / "masks" / name, mask)
+                else:
+                    _save(root / name, img)
+                    _save(root / name.replace(".png", "_mask.png"), mask)
+        return root
+
+    ds = load_dataset(write(tmp_path / "patients", 12, 3))
+    assert ds.layout == "folder" and len({it.patient for it in ds.items}) == 12
+    assert len({it.case for it in ds.items}) == 36 and ds.items[0].patient == "f00"
+    split = make_plan(ds)["split"]
+    assert set(split["train"]).isdisjoint(split["val"]) and len(split["train"]) + len(split["val"]) == 12
+    ds = load_dataset(write(tmp_path / "classes", 2, 12))
+    assert len({it.patient for it in ds.items}) == 24

@@ -4,7 +4,12 @@
     <root>/images/**/<stem>.<ext> with <root>/masks/**/<stem>.<ext> (or labels/; `<stem>_mask` also matches)
 
 <ext>: png, jpg, tif, bmp; an image and its mask may differ in extension (a JPEG photo with a PNG mask).
-Each image is its own case. Masks are binary (0/1, 0/255, thresholded at half their maximum), or label maps
+Each image is its own case (the metric unit). The split unit is the image too, unless the images sit in
+per-patient folders: when they lie in at least GROUP_MIN_FOLDERS folders below the root (not at its top)
+and some folder holds several, the images of one folder (the first level below the root if that alone has
+enough folders, else the image's own folder) go to the same side of the split, so that slices or views of
+one patient never sit on both sides. Fewer folders are read as classes (benign/, malignant/), not patients.
+Masks are binary (0/1, 0/255, thresholded at half their maximum), or label maps
 with a few values (0, 1, 2, ...): then `--target V` picks value V, and by default every non-zero value is
 foreground; a half-maximum threshold would silently keep only the highest label.
 """
@@ -12,6 +17,7 @@ foreground; a half-maximum threshold would silently keep only the highest label.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +30,7 @@ MASK_DIRS = ("masks", "labels")
 LOSSY = (".jpg", ".jpeg")  # JPEG masks carry compression noise: their values are not labels
 MAX_LABELS = 64  # more distinct values than this are grey levels of a soft mask, not labels
 SAMPLE = 64  # masks read to tell binary from label-map masks
+GROUP_MIN_FOLDERS = 10  # this many image folders or more are patients (a split unit), fewer are classes
 _MASK = re.compile(r"^(?P<stem>.+)_mask(?:_\d+)?$")
 
 
@@ -101,6 +108,18 @@ def _paired(images_dir: Path, masks_dir: Path) -> list[Item]:
     return items
 
 
+def _group_by_folder(items: list[Item]) -> list[Item]:
+    """Items with `patient` set to their patient folder where the folders look like patients (see above)."""
+    keys = [Path(it.case) for it in items]
+    if any(len(k.parts) < 2 for k in keys):  # some images at the top: no folder structure to trust
+        return items
+    for level in (lambda k: k.parts[0], lambda k: k.parent.as_posix()):
+        groups = [level(k) for k in keys]
+        if len(set(groups)) >= GROUP_MIN_FOLDERS and len(set(groups)) < len(groups):
+            return [replace(it, patient=g, case=it.case) for it, g in zip(items, groups)]
+    return items
+
+
 def _values(paths: list[Path]) -> set[int]:
     found: set[int] = set()
     for p in paths:
@@ -125,7 +144,7 @@ def mask_values(items: list[Item]) -> tuple[set[int], bool]:
 
 def load(root: Path, target: str | None = None) -> DataSet:
     dirs = _paired_dirs(root)
-    items = _paired(*dirs) if dirs else _side_by_side(root)
+    items = _group_by_folder(_paired(*dirs) if dirs else _side_by_side(root))
     found, labels = mask_values(items)
     nonzero = tuple(sorted(v for v in found if v != 0))
     if target is None or target == "foreground":
