@@ -145,6 +145,8 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
     _write_outputs(run_folder / "eval", result, cases, slices, shown, run_folder, plan)
     if not quiet:
         _print_summary(result)
+        Console().print(f"report: {escape(str(run_folder / 'eval' / 'report.html'))} (metrics.json, cases.csv, "
+                        "slices.csv beside it)", soft_wrap=True)
     return result
 
 
@@ -468,5 +470,6 @@ def _print_summary(result: dict) -> None:
     Console().print(f"post-processing: {escape(result['postprocess_text'])}"
                     + (" (chosen on this split, saved into the run)" if result["tuned"] else ""))
     if result["n_empty_cases"]:
-        Console().print(f"{result['n_empty_cases']} cases with empty ground truth: "
+        what = "normal images (empty ground truth)" if result["layout"] == "busi" else "cases with empty ground truth"
+        Console().print(f"{result['n_empty_cases']} {what}: "
                         f"{result['empty_cases_predicted_empty']:.0%} predicted empty (not in the headline Dice)")

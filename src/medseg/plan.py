@@ -45,7 +45,7 @@ DEFAULTS = {
     "headline_metric": "dice",  # dice | iou: the metric the report leads with
     "encoder_weights": None,  # pretrained encoder file (vgg16-unet); None: torchvision's file in the hub cache if present
     "freeze_encoder_epochs": 0,  # keep a pretrained encoder fixed for the first N epochs
-    "compile": False,  # torch.compile the training step: false | true | auto (runs with a budget >= 10 min)
+    "compile": "auto",  # torch.compile the training step: auto (2D, a budget >= 10 min, a C++ compiler) | true | false
     "prefetch": "auto",  # augment the next batches in a thread while the step runs: auto (when the process
     # has a CPU core to spare, or trains on a GPU) | true | false
     "precision": "auto",  # forward pass in bf16 autocast: auto (CUDA only) | bf16 (also on CPUs) | fp32
