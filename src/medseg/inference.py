@@ -9,7 +9,7 @@ from .transforms import normalize, resize_image, unfit
 
 class Bf16Autocast(torch.nn.Module):
     """The `torch-bf16` engine: the (fp32) network run under bf16 autocast, logits returned in fp32.
-    benchmarks.inference: 1.7-1.8x the eager fp32 reference on a CPU with AVX512-BF16, masks Dice ~0.999
+    benchmarks.inference: 1.5-1.8x the eager fp32 reference on a CPU with AVX512-BF16, masks Dice ~0.999
     against fp32; on CPUs without native bf16 it is slower. Opt-in: masks may differ at the boundary."""
 
     def __init__(self, net: torch.nn.Module):
