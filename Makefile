@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.throughput
 	$(PY) -m benchmarks.pipeline
 	$(PY) -m benchmarks.train_step
+	$(PY) -m benchmarks.train_loop
 # inference needs a trained run (RUN=runs/x, VOLUME_RUN= a 1-channel run for the 512x512x200 volume);
 # time-to-dice trains for 45 minutes (two processes, one per core)
 bench-inference: $(STAMP)
