@@ -334,3 +334,16 @@ def test_prefetch_keeps_order_passes_errors_and_rewinds_to_the_last_batch_used()
     with pytest.raises(ValueError, match="unreadable"):
         list(stream)
     stream.close()
+
+
+def test_compile_auto_needs_a_2d_model_a_long_budget_and_a_cxx_compiler(monkeypatch):
+    from medseg.train import compiles
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(train_mod.shutil, "which", lambda name: f"/usr/bin/{name}")
+    plan = {"compile": "auto", "model": "unet", "time_budget_s": 1200}
+    assert compiles(plan)
+    assert not compiles({**plan, "time_budget_s": 300}) and not compiles({**plan, "time_budget_s": None})
+    assert not compiles({**plan, "model": "unet3d"})
+    assert compiles({**plan, "compile": True, "time_budget_s": None}) and not compiles({**plan, "compile": False})
+    monkeypatch.setattr(train_mod.shutil, "which", lambda name: None)  # no C++ compiler: inductor cannot build
+    assert not compiles(plan)

@@ -458,11 +458,18 @@ def _train_locked(d: Dist, run: Path, data, layout, epochs, time_budget_s, val_f
         torch.use_deterministic_algorithms(True, warn_only=True)
     if plan.get("threads"):
         torch.set_num_threads(int(plan["threads"]))
+    suppress = None
+    if compiles(plan) and plan.get("compile", "auto") == "auto":  # chosen for the user: an inductor failure
+        from torch import _dynamo  # runs that step eagerly instead of stopping the run
+
+        suppress, _dynamo.config.suppress_errors = _dynamo.config.suppress_errors, True
     try:
         return _loop(d, run, plan, ds, tr, va, seed, quiet, resuming, callback)
     finally:
         torch.use_deterministic_algorithms(deterministic)
         torch.set_num_threads(n_threads)
+        if suppress is not None:
+            _dynamo.config.suppress_errors = suppress
 
 
 def _loop(d: Dist, run: Path, plan: dict, ds, tr: Arrays, va: Arrays, seed: int, quiet: bool, resuming: bool,
@@ -514,9 +521,6 @@ def _loop(d: Dist, run: Path, plan: dict, ds, tr: Arrays, va: Arrays, seed: int,
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
     elif compiles(plan):  # the training step only; validation and checkpoints use the plain module
-        if plan.get("compile", "auto") == "auto":  # chosen for the user: on a failure run eagerly, do not stop
-            from torch import _dynamo
-            _dynamo.config.suppress_errors = True
         model = torch.compile(module)
 
     if three_d:  # patches from whole volumes (volumes.py); an epoch is 4 patches per training case
