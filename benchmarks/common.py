@@ -10,6 +10,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+LGG_DEV = Path(__file__).resolve().parents[1].parent / "shared/data/lgg-kaggle_3m-dev/kaggle_3m"
+
 
 def machine() -> dict:
     import torch
@@ -45,3 +47,19 @@ def rate(fn, items: int, warmup: int = 1, repeats: int = 3) -> float:
         fn()
         best = min(best, time.perf_counter() - t)
     return items / best
+
+
+def default_training_arrays(data: str | Path):
+    """(plan, training arrays) of `medseg train DATA` with the default settings: the split, the cached uint8
+    arrays of the training patients with their 2.5D neighbours, and the plan's mean/std from them."""
+    from medseg.adapters import load_dataset
+    from medseg.data import channel_stats, load_arrays, prep_of, with_neighbours
+    from medseg.plan import make_plan
+
+    ds = load_dataset(data)
+    plan = make_plan(ds)
+    train = set(plan["split"]["train"])
+    tr = with_neighbours(load_arrays([it for it in ds.items if it.patient in train], prep_of(plan)),
+                         int(plan["neighbours"]))
+    plan["mean"], plan["std"] = channel_stats(tr.images)
+    return plan, tr

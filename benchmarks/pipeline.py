@@ -16,35 +16,27 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .common import machine, record
+from .common import LGG_DEV, default_training_arrays, machine, record
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/lgg-kaggle_3m-dev/kaggle_3m"))
+    ap.add_argument("--data", default=str(LGG_DEV))
     ap.add_argument("--batches", type=int, default=40)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    from medseg.adapters import load_dataset
     from medseg.checkpoint import in_channels
-    from medseg.data import batches, channel_stats, load_arrays, prep_of, sample_indices, with_neighbours
+    from medseg.data import batches, sample_indices
     from medseg.losses import build_loss
     from medseg.models import build_model
-    from medseg.plan import make_plan
     from medseg.train import compiles
     from medseg.transforms import augmentation, normalize
 
-    ds = load_dataset(args.data)
-    plan = make_plan(ds)
-    train = set(plan["split"]["train"])
-    tr = with_neighbours(load_arrays([it for it in ds.items if it.patient in train], prep_of(plan)),
-                         int(plan["neighbours"]))
-    plan["mean"], plan["std"] = channel_stats(tr.images)
+    plan, tr = default_training_arrays(args.data)
     bs = plan["batch_size"]
     rng = np.random.default_rng(0)
     idx = sample_indices(tr.masks, bs * args.batches, plan["lesion_fraction"], rng)
@@ -79,9 +71,10 @@ def main() -> None:
     for x, y in drawn[:2]:
         step(x, y)
     t = time.perf_counter()
-    for x, y in drawn[2:12]:
+    timed = drawn[2:12]
+    for x, y in timed:
         step(x, y)
-    demand = 10 * bs / (time.perf_counter() - t)
+    demand = len(timed) * bs / (time.perf_counter() - t)
     m = machine()
     print(f"\n{m['cpu']} ({m['cores']} cores), 1 thread, torch {m['torch']}, {m['date']}")
     print(f"LGG dev, {len(tr.items)} training slices at {plan['image_size']} px, {in_channels(plan)} channels "

@@ -19,7 +19,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from .common import machine, record
+from .common import LGG_DEV, machine, record
 
 LEVELS = (0.70, 0.75, 0.80)
 REFERENCE = {"model": "unet2d", "model_args": {"features": 32, "depth": 4, "norm": "batch",
@@ -46,7 +46,7 @@ def _train(data: Path, out: Path, budget: float, settings: dict | None) -> None:
 def main() -> None:
     from medseg.train import parse_duration
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/lgg-kaggle_3m-dev/kaggle_3m"))
+    ap.add_argument("--data", default=str(LGG_DEV))
     ap.add_argument("--budget", default="45m")
     ap.add_argument("--reference", action="store_true")
     ap.add_argument("--out", default="runs/ttd")

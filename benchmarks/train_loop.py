@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import header, record
+from .common import LGG_DEV, default_training_arrays, header, record
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared/data/lgg-kaggle_3m-dev/kaggle_3m"
 VARIANTS = {  # name -> settings for train()
     "medseg eager, augmentation inline (old default)": {"prefetch": False, "compile": False},
     "medseg eager + prefetch thread": {"prefetch": True, "compile": False},
@@ -44,20 +43,14 @@ def _steady(times: list[tuple[float, int]], warmup: int, batch: int) -> float:
 
 
 def reference(data: str, seconds: float, warmup: int) -> tuple[float, float]:
-    from medseg.adapters import load_dataset
     from medseg.checkpoint import in_channels
-    from medseg.data import batches, channel_stats, load_arrays, prep_of, sample_indices, with_neighbours
+    from medseg.data import batches, sample_indices
     from medseg.losses import build_loss
     from medseg.models import build_model
-    from medseg.plan import make_plan
     from medseg.transforms import augmentation, normalize
 
-    ds = load_dataset(data)
-    plan = make_plan(ds)
-    train_set = set(plan["split"]["train"])
-    tr = with_neighbours(load_arrays([it for it in ds.items if it.patient in train_set], prep_of(plan)),
-                         int(plan["neighbours"]))
-    mean, std = channel_stats(tr.images)
+    plan, tr = default_training_arrays(data)
+    mean, std = plan["mean"], plan["std"]
     bs, rng = plan["batch_size"], np.random.default_rng(0)
     aug = augmentation("default")
     aug.set_random_state(seed=0)
@@ -96,7 +89,7 @@ def medseg_loop(data: str, seconds: float, warmup: int, settings: dict) -> tuple
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--data", default=str(LGG_DEV))
     ap.add_argument("--seconds", type=float, default=90)
     ap.add_argument("--warmup", type=int, default=15)
     ap.add_argument("--only", nargs="*", help="run only these variant numbers (1-based), besides the reference")

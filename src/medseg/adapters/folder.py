@@ -116,7 +116,7 @@ def _group_by_folder(items: list[Item]) -> list[Item]:
     for level in (lambda k: k.parts[0], lambda k: k.parent.as_posix()):
         groups = [level(k) for k in keys]
         if len(set(groups)) >= GROUP_MIN_FOLDERS and len(set(groups)) < len(groups):
-            return [replace(it, patient=g, case=it.case) for it, g in zip(items, groups)]
+            return [replace(it, patient=g) for it, g in zip(items, groups)]
     return items
 
 
