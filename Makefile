@@ -33,6 +33,7 @@ demo: $(STAMP)
 	.venv/bin/medseg demo --out runs/demo
 
 test: $(STAMP) tools
+	.venv/bin/lint-imports --no-cache  # the layering of docs/architecture.md (pyproject.toml [tool.importlinter])
 	$(PY) -m pytest; rc=$$?; [ $$rc -ne 5 ] || echo 'pytest ran no test: failing'; exit $$rc
 
 slow: $(STAMP)

@@ -53,13 +53,13 @@ def default_training_arrays(data: str | Path):
     """(plan, training arrays) of `medseg train DATA` with the default settings: the split, the cached uint8
     arrays of the training patients with their 2.5D neighbours, and the plan's mean/std from them."""
     from medseg.adapters import load_dataset
-    from medseg.data import channel_stats, load_arrays, prep_of, with_neighbours
-    from medseg.plan import make_plan
+    from medseg.data.arrays import channel_stats, load_arrays, prep_of, with_neighbours
+    from medseg.planning.planner import make_plan
 
     ds = load_dataset(data)
     plan = make_plan(ds)
-    train = set(plan["split"]["train"])
+    train = set(plan.split["train"])
     tr = with_neighbours(load_arrays([it for it in ds.items if it.patient in train], prep_of(plan)),
-                         int(plan["neighbours"]))
-    plan["mean"], plan["std"] = channel_stats(tr.images)
-    return plan, tr
+                         int(plan.neighbours))
+    mean, std = channel_stats(tr.images)
+    return plan.replace(mean=mean, std=std), tr

@@ -28,13 +28,13 @@ import torch
 from .common import header, rate, record
 
 
-def _val_images(run: Path, plan: dict) -> torch.Tensor:
+def _val_images(run: Path, plan) -> torch.Tensor:
     from medseg.adapters import load_dataset
-    from medseg.data import load_arrays, prep_of, with_neighbours
-    ds = load_dataset(plan["data"], plan["layout"], plan.get("target_name"))
-    val = set(plan["split"]["val"])
+    from medseg.data.arrays import load_arrays, prep_of, with_neighbours
+    ds = load_dataset(plan.data, plan.layout, plan.target_name)
+    val = set(plan.split["val"])
     arrays = load_arrays([it for it in ds.items if it.patient in val], prep_of(plan), "reading validation data")
-    return with_neighbours(arrays, int(plan.get("neighbours") or 0)).images.float() / 255
+    return with_neighbours(arrays, int(plan.neighbours or 0)).images.float() / 255
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -49,17 +49,17 @@ def _has_bf16() -> bool:
 
 def _engines(model, plan, run_folder: Path, batch: int, threads: int) -> dict:
     """name -> a function B x C x S x S images in [0, 1] -> logits; each built (and warmed) here."""
-    from medseg.onnx_export import Normalised, OnnxNet, export_onnx
-    net = Normalised(model.eval(), plan["mean"], plan["std"]).eval()
+    from medseg.inference.onnx import Normalised, OnnxNet, export_onnx
+    net = Normalised(model.eval(), plan.mean, plan.std).eval()
     out = {"eager fp32 NCHW (reference)": lambda x: net(x)}
-    cl = Normalised(model.eval(), plan["mean"], plan["std"]).eval().to(memory_format=torch.channels_last)
+    cl = Normalised(model.eval(), plan.mean, plan.std).eval().to(memory_format=torch.channels_last)
     out["eager channels_last"] = lambda x: cl(x.contiguous(memory_format=torch.channels_last))
-    from medseg.predict import Predictor
+    from medseg.inference.predictor import Predictor
     for engine, label in (("torch", "medseg torch (BN folded, channels_last)"),
                           ("torch-bf16", "medseg torch-bf16 (BN folded, autocast)")):
         if engine == "torch-bf16" and not _has_bf16():
             continue
-        m = Normalised(Predictor.load(run_folder, engine=engine).model, plan["mean"], plan["std"]).eval()
+        m = Normalised(Predictor.load(run_folder, engine=engine).model, plan.mean, plan.std).eval()
         out[label] = lambda x, m=m: m(x.contiguous(memory_format=torch.channels_last))
     try:
         # (inductor's weight freezing, which folds BN into the convolutions, failed on MONAI's transposed
@@ -100,11 +100,11 @@ def _volume_memory(run: str, engine: str) -> tuple[float, float]:
         del vol, img
         if engine == "onnx":  # `medseg export RUN --onnx` writes RUN/model.onnx, which --engine onnx reads
             with contextlib.redirect_stdout(io.StringIO()):
-                from medseg.onnx_export import export_onnx
+                from medseg.inference.onnx import export_onnx
                 export_onnx(run)
         extra = ["--engine", "onnx"] if engine == "onnx" else []
         # the child reports its own peak (RUSAGE_CHILDREN would keep the largest of all children so far)
-        code = ("import resource, sys\nfrom medseg.cli import main\ntry:\n    main()\nfinally:\n"
+        code = ("import resource, sys\nfrom medseg.app.cli import main\ntry:\n    main()\nfinally:\n"
                 "    print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
         t = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", code, "predict", run, str(Path(tmp) / "ct.nii.gz"), "--out",
@@ -127,7 +127,7 @@ def main() -> None:
     ap.add_argument("--volume-run", help="a 1-channel run (e.g. liver CT) for the volume; default: RUN")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from medseg.checkpoint import load_checkpoint, resolve_run
+    from medseg.inference.checkpoint import load_checkpoint, resolve_run
     folder = resolve_run(Path(args.run))
     model, plan = load_checkpoint(folder)
     images = _val_images(Path(args.run), plan)
@@ -145,14 +145,14 @@ def main() -> None:
                 print(f"  {name}: failed ({str(e).splitlines()[0][:160]})")
                 continue
             speed = rate(lambda: [fn(b) for b in sample], args.batch * len(sample), warmup=0, repeats=3)
-            masks = np.concatenate([(torch.sigmoid(fn(b)) >= plan["threshold"]).numpy() for b in batches])
+            masks = np.concatenate([(torch.sigmoid(fn(b)) >= plan.threshold).numpy() for b in batches])
             if ref_masks is None:
                 ref_masks, ref_rate = masks, speed
             rows.append({"engine": name, "img_s": round(speed, 1), "x_ref": round(speed / ref_rate, 2),
                          "mask_dice_vs_ref": round(_dice(masks, ref_masks), 5)})
             print(f"  measured {name}", flush=True)
     print(header(args.threads))
-    print(f"run {args.run}: {plan['model']} {plan.get('model_args')}, {plan['image_size']} px, "
+    print(f"run {args.run}: {plan.model} {plan.model_args}, {plan.image_size} px, "
           f"{images.shape[1]} channels; {n} validation slices, batch {args.batch}")
     print(f"{'engine':38} {'img/s':>8} {'x ref':>6} {'mask Dice vs ref':>17}")
     for r in rows:

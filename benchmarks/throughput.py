@@ -21,7 +21,7 @@ SIZE, BATCH = 256, 8
 
 def _models() -> dict:
     from medseg.models import build_model
-    from medseg.plan import DEFAULTS
+    from medseg.planning.plan import DEFAULTS
     out = {"medseg default unet": lambda: build_model(DEFAULTS["model"], 1, 1, **DEFAULTS["model_args"]),
            "plain U-Net base 32 (eager ref)": lambda: PlainUNet(1, 1, 32),
            "plain U-Net base 64 (eager ref)": lambda: PlainUNet(1, 1, 64)}

@@ -38,13 +38,13 @@ def _reached(curve: list[dict]) -> dict[str, float | None]:
 
 
 def _train(data: Path, out: Path, budget: float, settings: dict | None) -> None:
-    from medseg.train import train
+    from medseg.training.train import Options, train_folder
     shutil.rmtree(out, ignore_errors=True)
-    train(data, out, time_budget_s=budget, settings=settings, quiet=True)
+    train_folder(data, out, time_budget_s=budget, settings=settings, options=Options(quiet=True))
 
 
 def main() -> None:
-    from medseg.train import parse_duration
+    from medseg.app.cli import parse_duration
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(LGG_DEV))
     ap.add_argument("--budget", default="45m")

@@ -5,7 +5,7 @@ several settings against the eager reference of the same network, one after anot
 
 reference        a plain PyTorch loop: the default network in fp32 NCHW, eager, fed in its own thread by
                  medseg's batches() with the default (MONAI, per-sample) augmentation
-medseg ...       `medseg.train.train()` on the same data with the default settings and --set prefetch=...,
+medseg ...       `medseg.training.train.train_folder()` on the same data with the default settings and --set prefetch=...,
                  compile=..., augmentation=... (1 thread for the step, as the default)
 Columns: "steady" is training samples/s over the steps after the first `--warmup` (compiling happens in
 those), timed step to step inside epochs, so validation and checkpoints are not counted; "whole" is
@@ -43,23 +43,22 @@ def _steady(times: list[tuple[float, int]], warmup: int, batch: int) -> float:
 
 
 def reference(data: str, seconds: float, warmup: int) -> tuple[float, float]:
-    from medseg.checkpoint import in_channels
-    from medseg.data import batches, sample_indices
-    from medseg.losses import build_loss
+    from medseg.data.sampling import batches, sample_indices
+    from medseg.training.losses import build_loss
     from medseg.models import build_model
     from medseg.transforms import augmentation, normalize
 
     plan, tr = default_training_arrays(data)
-    mean, std = plan["mean"], plan["std"]
-    bs, rng = plan["batch_size"], np.random.default_rng(0)
+    mean, std = plan.mean, plan.std
+    bs, rng = plan.batch_size, np.random.default_rng(0)
     aug = augmentation("default")
     aug.set_random_state(seed=0)
     torch.manual_seed(0)
-    model = build_model(plan["model"], in_channels(plan), 1, **plan["model_args"]).train()
-    loss_fn, opt = build_loss(plan["loss"]), torch.optim.AdamW(model.parameters(), plan["lr"])
+    model = build_model(plan.model, plan.in_channels, 1, **plan.model_args).train()
+    loss_fn, opt = build_loss(plan.loss), torch.optim.AdamW(model.parameters(), plan.lr)
     times, seen, t0 = [], 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        idx = sample_indices(tr.masks, 16 * bs, plan["lesion_fraction"], rng)
+        idx = sample_indices(tr.masks, 16 * bs, plan.lesion_fraction, rng)
         for x, y in batches(tr, idx, bs, aug):
             loss = loss_fn(model(normalize(x, mean, std)), y)
             opt.zero_grad(set_to_none=True)
@@ -73,7 +72,7 @@ def reference(data: str, seconds: float, warmup: int) -> tuple[float, float]:
 
 
 def medseg_loop(data: str, seconds: float, warmup: int, settings: dict) -> tuple[float, float, float]:
-    from medseg.train import train
+    from medseg.training.train import Options, train_folder
 
     times: list[tuple[float, int]] = []
 
@@ -82,7 +81,8 @@ def medseg_loop(data: str, seconds: float, warmup: int, settings: dict) -> tuple
             times.append((time.perf_counter(), info["epoch"]))
 
     with tempfile.TemporaryDirectory() as tmp:
-        out = train(data, Path(tmp) / "run", time_budget_s=seconds, settings=settings, quiet=True, callback=on)
+        out = train_folder(data, Path(tmp) / "run", time_budget_s=seconds, settings=settings,
+                           options=Options(quiet=True, callback=on))
         batch = json.loads((Path(tmp) / "run" / "plan.json").read_text())["batch_size"]
     return _steady(times, warmup, batch), out["samples_per_s"], out["data_wait_share"]
 

@@ -39,9 +39,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from medseg.losses import build_loss
+    from medseg.training.losses import build_loss
     from medseg.models import build_model
-    from medseg.plan import DEFAULTS
+    from medseg.planning.plan import DEFAULTS
 
     torch.manual_seed(0)
     x = torch.rand(BATCH, CHANNELS, SIZE, SIZE)

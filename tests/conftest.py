@@ -24,7 +24,7 @@ def _private_cache(tmp_path_factory):
 
 def run_cli(*args: str) -> int:
     """Run `medseg ARGS` in-process; the exit code it would give."""
-    from medseg.cli import main
+    from medseg.app.cli import main
     try:
         main(list(args))
     except SystemExit as e:

@@ -7,7 +7,7 @@ import pytest
 
 from medseg.adapters import adapters, load_dataset
 from medseg.errors import MedsegError
-from medseg.imageio import read_image, read_mask
+from medseg.io.images import read_image, read_mask
 
 from conftest import write_lgg_replica
 

@@ -119,7 +119,7 @@ def test_fast_batched_set_is_seeded_keeps_labels_binary_and_its_state_is_checkpo
     import numpy as np
     import torch
 
-    from medseg.train import _random_states
+    from medseg.training.rng import random_states as _random_states
     from medseg.transforms import augmentation
 
     x = torch.rand(32, 3, 48, 48)

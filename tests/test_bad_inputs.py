@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medseg.cli import main
+from medseg.app.cli import main
 
 from conftest import write_busi_replica, write_lgg_replica
 
@@ -88,7 +88,7 @@ def test_missing_run_and_missing_input(tmp_path, capsys):
 
 def test_real_process_has_no_traceback_but_debug_shows_it(tmp_path):
     (tmp_path / "empty").mkdir()
-    cmd = [sys.executable, "-c", "from medseg.cli import main; main()", "train", str(tmp_path / "empty"),
+    cmd = [sys.executable, "-c", "from medseg.app.cli import main; main()", "train", str(tmp_path / "empty"),
            "--out", str(tmp_path / "run")]
     plain = subprocess.run(cmd, capture_output=True, text=True)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr and plain.stderr.startswith("error: ")
@@ -97,7 +97,7 @@ def test_real_process_has_no_traceback_but_debug_shows_it(tmp_path):
 
 
 def test_predict_with_one_corrupt_image_writes_nothing(tmp_path, capsys):
-    from medseg.train import train
+    from runs import train
     root = write_busi_replica(tmp_path / "Dataset_BUSI_with_GT")
     train(root, tmp_path / "run", epochs=1, image_size=32, quiet=True)
     inputs = tmp_path / "inputs"

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 import pytest
 
-from medseg import data
+from medseg.data import arrays as data
 from medseg.adapters import load_dataset
-from medseg.cli import main
+from medseg.app.cli import main
 
 from conftest import write_lgg_replica
 

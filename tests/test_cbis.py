@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from medseg.adapters import cbis, load_dataset
-from medseg.data import read_item
+from medseg.data.arrays import read_item
 from medseg.errors import MedsegError
-from medseg.imageio import read_mask
+from medseg.io.images import read_mask
 
 from conftest import need
 from replica_cbis import CSV_DIR, CROP_SIZE, SAMPLE, source_rows, write_cbis_replica, write_dicom
@@ -184,8 +184,8 @@ def test_embedded_sample_is_real():
 
 
 def test_smoke_train_and_evaluate(replica, tmp_path):
-    from medseg.evaluate import evaluate
-    from medseg.train import train
+    from medseg.evaluation.evaluate import evaluate
+    from runs import train
     out = tmp_path / "run"
     train(replica, out, epochs=1, image_size=64, batch_size=2, val_fraction=0.5, quiet=True)
     assert (out / "best" / "model.safetensors").is_file()

@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from conftest import run_cli
-from medseg.compare import compare
+from medseg.evaluation.compare import compare
 
 
 def _run(folder, dice: dict[str, float]):

@@ -19,9 +19,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import write_lgg_replica
-from medseg import checkpoint as ckpt
-from medseg.checkpoint import load_training_state
-from medseg.train import train
+from medseg.inference import checkpoint as ckpt
+from medseg.training import state as train_state
+from medseg.training.state import load_training_state
+from runs import train
 
 TINY = {"model_args": {"features": [8, 16, 32], "res_units": 1}}
 ARGS = ["--image-size", "32", "--batch-size", "2", "--epochs", "6", "--set",
@@ -30,7 +31,7 @@ KW = dict(image_size=32, batch_size=2, quiet=True)
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from medseg.cli import main; main()", *args]
+    return [sys.executable, "-c", "from medseg.app.cli import main; main()", *args]
 
 
 def _weights(run: Path) -> dict:
@@ -66,7 +67,7 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path):
             proc.wait()
             kills += 1
             if (run / "last").exists() or any(run.glob("last*")):
-                ckpt.recover_checkpoint(run / "last")
+                train_state.recover_checkpoint(run / "last")
                 if (run / "last").is_dir():
                     load_training_state(run / "last")  # never half-written: loads completely or not at all
         else:
@@ -103,7 +104,7 @@ def test_full_disk_during_checkpoint_write_keeps_the_previous_one(tmp_path, monk
     with pytest.raises(OSError):
         train(resume=run, epochs=3, quiet=True)
     monkeypatch.undo()
-    ckpt.recover_checkpoint(run / "last")
+    train_state.recover_checkpoint(run / "last")
     after = _weights(run)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert json.loads((run / "last" / "state.json").read_text())["epoch"] == state_before["epoch"]

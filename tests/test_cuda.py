@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medseg.evaluate import evaluate
-from medseg.predict import Predictor
-from medseg.train import train
+from medseg.evaluation.evaluate import evaluate
+from medseg.inference.predictor import Predictor
+from runs import train
 
 from conftest import write_lgg_replica
 
@@ -39,7 +39,7 @@ def test_amp_training_on_cuda_learns_and_its_checkpoint_predicts_on_cpu(tmp_path
     cpu = p.probabilities(img)
     p.model = p.model.cuda()
     x = torch.from_numpy(img)[None].cuda()
-    from medseg.inference import predict_probs
+    from medseg.inference.engines import predict_probs
     gpu = predict_probs(p.model, x, p.plan).cpu().numpy()[0]
     assert np.abs(cpu - gpu).max() < 1e-3
 

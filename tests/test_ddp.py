@@ -10,7 +10,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from medseg.checkpoint import load_training_state
+from medseg.training.state import load_training_state
 
 from conftest import write_lgg_replica
 
@@ -18,7 +18,7 @@ from conftest import write_lgg_replica
 LAUNCHER = '''
 import functools, hashlib, os, sys
 from pathlib import Path
-import medseg.train as T
+import medseg.training.train as T
 
 def record(event, info):
     if event == "epoch":
@@ -26,8 +26,9 @@ def record(event, info):
         h = hashlib.sha256(b"".join(sd[k].detach().cpu().contiguous().numpy().tobytes() for k in sorted(sd)))
         Path(sys.argv[1], f"rank{os.environ['RANK']}-epoch{info['epoch']}.sha").write_text(h.hexdigest())
 
-T.train = functools.partial(T.train, callback=record)
-from medseg.cli import main
+_Options = T.Options
+T.Options = lambda **kw: _Options(**{"callback": record, **kw})
+from medseg.app.cli import main
 main(sys.argv[2:])
 '''
 

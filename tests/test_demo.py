@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from medseg.demo import make_synthetic, run_demo
+from medseg.app.demo import make_synthetic, run_demo
 
 
 def test_synthetic_data_is_deterministic(tmp_path):

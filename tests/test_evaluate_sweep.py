@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from medseg import evaluate as ev
+from medseg.evaluation import evaluate as ev
 
 
 def _case(per_setting: dict[str, tuple[int, int, int]]) -> dict:

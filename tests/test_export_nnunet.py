@@ -13,9 +13,9 @@ import SimpleITK as sitk
 import tifffile
 from PIL import Image
 
-from medseg.cli import main
+from medseg.app.cli import main
 from medseg.errors import MedsegError
-from medseg.nnunet_export import export_nnunet, safe_id
+from medseg.data.nnunet_export import export_nnunet, safe_id
 
 
 def read(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -148,7 +148,7 @@ def test_safe_ids():
 
 def test_round_trip_through_the_nifti_layout(lgg_replica, tmp_path):
     """The export read back by medseg's own NIfTI (nnU-Net raw) adapter: same cases, slices and foreground."""
-    from medseg.fingerprint import fingerprint
+    from medseg.planning.fingerprint import fingerprint
     out = export_nnunet(lgg_replica, tmp_path / "raw", 501, "LGG", progress=False)
     a, b = fingerprint(lgg_replica, progress=False), fingerprint(out, progress=False)
     assert b["layout"] == "nifti" and b["channel_names"] == a["channel_names"]

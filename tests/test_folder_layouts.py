@@ -9,9 +9,9 @@ import tifffile
 from PIL import Image
 
 from medseg.adapters import folder, load_dataset
-from medseg.data import read_item
+from medseg.data.arrays import read_item
 from medseg.errors import MedsegError
-from medseg.imageio import read_mask
+from medseg.io.images import read_mask
 
 from conftest import blob, write_busi_replica, write_lgg_replica
 from replica_nifti import write_pair_replica
@@ -192,7 +192,7 @@ def test_published_layouts_still_win(tmp_path):
 def test_per_patient_folders_are_one_split_unit_and_class_folders_are_not(tmp_path, paired):
     """12 patient folders of 3 slices each: every patient's slices land on one side of the split, each image
     is still its own metric case. 2 class folders of many images: split by image, as before."""
-    from medseg.plan import make_plan
+    from medseg.planning.planner import make_plan
 
     def write(root, folders, per):
         for f in range(folders):
@@ -210,7 +210,7 @@ def test_per_patient_folders_are_one_split_unit_and_class_folders_are_not(tmp_pa
     ds = load_dataset(write(tmp_path / "patients", 12, 3))
     assert ds.layout == "folder" and len({it.patient for it in ds.items}) == 12
     assert len({it.case for it in ds.items}) == 36 and ds.items[0].patient == "f00"
-    split = make_plan(ds)["split"]
+    split = make_plan(ds).split
     assert set(split["train"]).isdisjoint(split["val"]) and len(split["train"]) + len(split["val"]) == 12
     ds = load_dataset(write(tmp_path / "classes", 2, 12))
     assert len({it.patient for it in ds.items}) == 24

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from medseg.errors import MedsegError
-from medseg.imageio import read_image, read_mask, read_raw, read_volume
+from medseg.io.images import read_image, read_mask, read_raw, read_volume
 
 sys.path.insert(0, str(Path(__file__).parent))
 from replica_ircadb import write_ct_slice  # noqa: E402

@@ -14,9 +14,9 @@ from PIL import Image
 
 from conftest import BUSI, LGG, need
 from medseg.adapters import DataSet, Item
-from medseg.cli import main
+from medseg.app.cli import main
 from medseg.errors import MedsegError
-from medseg.fingerprint import fingerprint
+from medseg.planning.fingerprint import fingerprint
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:

@@ -10,9 +10,9 @@ import pydicom
 import pytest
 
 from medseg.adapters import load_dataset
-from medseg.data import read_item
+from medseg.data.arrays import read_item
 from medseg.errors import MedsegError
-from medseg.imageio import read_image, read_mask
+from medseg.io.images import read_image, read_mask
 
 from conftest import SHARED, need
 from replica_ircadb import LIVER_HU, file_of, read_position, replica_volume, write_ct_slice, write_ircadb_replica
@@ -81,7 +81,7 @@ def test_target_choice(replica, capsys):
         load_dataset(replica, target="spleen")
 
 
-    from medseg.cli import main
+    from medseg.app.cli import main
     with pytest.raises(SystemExit) as e:
         main(["train", str(replica), "--out", str(replica.parent / "run"), "--target", "spleen", "--epochs", "1"])
     err = capsys.readouterr().err.strip()
@@ -164,7 +164,7 @@ def test_real_patient_17():
 
 def test_one_epoch_training_smoke(tmp_path):
     import torch
-    from medseg.train import train
+    from runs import train
     root = write_ircadb_replica(tmp_path / "3Dircadb1", patients=2, slices=8)
     out = tmp_path / "run"
     threads = torch.get_num_threads()

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from medseg.errors import MedsegError
-from medseg.losses import LOSSES, build_loss
-from medseg.plan import DEFAULTS
+from medseg.training.losses import LOSSES, build_loss
+from medseg.planning.plan import DEFAULTS
 
 
 def case(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

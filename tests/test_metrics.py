@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.metrics import compute_dice, compute_iou
 
-from medseg import metrics
+from medseg.evaluation import metrics
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -10,9 +10,9 @@ import pytest
 import SimpleITK as sitk
 
 from medseg.adapters import load_dataset
-from medseg.data import read_item
+from medseg.data.arrays import read_item
 from medseg.errors import MedsegError
-from medseg.imageio import read_dicom, read_mask, read_volume, to_unit
+from medseg.io.images import read_dicom, read_mask, read_volume, to_unit
 
 from conftest import SHARED, need
 from replica_nifti import (DIRECTION, ORIGIN, SPACING, ircadb_to_nifti, phantom, write_msd_replica,
@@ -222,7 +222,7 @@ def test_bad_layout_names_the_file(nnunet, breaker):
 
 
 def test_cli_error_is_one_line(nnunet, tmp_path, capsys):
-    from medseg.cli import main
+    from medseg.app.cli import main
     _shape(nnunet)
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
@@ -262,7 +262,7 @@ def test_real_ircadb_patient_as_nifti(tmp_path):
 
 
 def test_one_epoch_training(nnunet, tmp_path):
-    from medseg.train import train
+    from runs import train
     out = tmp_path / "run"
     summary = train(nnunet, out, epochs=1, image_size=32, batch_size=2, val_fraction=0.5, quiet=True,
                     settings={"model_args": {"features": [8, 16, 32], "res_units": 1}})  # small: a smoke run

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from conftest import run_cli, write_busi_replica
-from medseg.checkpoint import load_checkpoint, resolve_run
-from medseg.imageio import read_image
-from medseg.inference import predict_probs
-from medseg.onnx_export import Normalised, OnnxNet, export_onnx
-from medseg.train import train
+from medseg.inference.checkpoint import load_checkpoint, resolve_run
+from medseg.io.images import read_image
+from medseg.inference.engines import predict_probs
+from medseg.inference.onnx import Normalised, OnnxNet, export_onnx
+from runs import train
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_logits_match_pytorch_at_any_batch_size(exported):
     run, path, diff = exported
     assert path == run / "model.onnx" and diff < 1e-4
     model, plan = load_checkpoint(resolve_run(run))
-    net, onnx_net = Normalised(model, plan["mean"], plan["std"]).eval(), OnnxNet(path)
+    net, onnx_net = Normalised(model, plan.mean, plan.std).eval(), OnnxNet(path)
     for batch in (1, 3):
         x = torch.rand(batch, 1, 64, 64)
         with torch.inference_mode():
@@ -45,7 +45,7 @@ def test_masks_agree_with_pytorch_on_real_images(exported, busi_real):
     files = sorted(busi_real.glob("*/*).png"))[::10]
     inter = total = 0
     for f in files:
-        img = torch.from_numpy(read_image(f, 1, plan.get("intensity")))[None]
+        img = torch.from_numpy(read_image(f, 1, plan.intensity))[None]
         a = predict_probs(model, img, plan) >= 0.5
         b = predict_probs(onnx_net, img, plan) >= 0.5
         inter += int((a & b).sum())

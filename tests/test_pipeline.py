@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
-from medseg.checkpoint import load_checkpoint
-from medseg.evaluate import evaluate
-from medseg.train import parse_duration, train
+from medseg.inference.checkpoint import load_checkpoint
+from medseg.evaluation.evaluate import evaluate
+from medseg.app.cli import parse_duration
+from runs import train
 
 from conftest import run_cli
 

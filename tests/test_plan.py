@@ -6,7 +6,8 @@ import pytest
 
 from medseg.adapters import load_dataset
 from medseg.errors import MedsegError
-from medseg.plan import make_plan, split_patients
+from medseg.planning.planner import make_plan
+from medseg.planning.split import split_patients
 
 from conftest import write_busi_replica, write_lgg_replica
 
@@ -22,7 +23,7 @@ def test_lgg_split_keeps_patients_whole(tmp_path):
 def test_busi_split_is_stratified(tmp_path):
     ds = load_dataset(write_busi_replica(tmp_path / "b", per_class=5))
     plan = make_plan(ds, 0.4, seed=3)
-    val = plan["split"]["val"]
+    val = plan.split["val"]
     assert sorted(p.split(" ")[0] for p in val) == ["benign"] * 2 + ["malignant"] * 2 + ["normal"] * 2
 
 
@@ -46,11 +47,12 @@ def test_kfold_partitions_patients_and_is_stratified(tmp_path):
 
 
 def test_presets_fill_the_plan_and_flags_win(tmp_path):
-    from medseg.plan import parse_setting, presets
+    from medseg.planning.plan import parse_setting
+    from medseg.planning.planner import presets
     ds = load_dataset(write_lgg_replica(tmp_path / "k", patients=3, slices=2))
     assert {"busi", "lgg", "liver-ct", "cbis-mass"} <= set(presets())
     plan = make_plan(ds, 0.34, 0, preset="lgg", image_size=64)
-    assert plan["preset"] == "lgg" and plan["sampling"] == "area" and plan["image_size"] == 64
+    assert plan.preset == "lgg" and plan.sampling == "area" and plan.image_size == 64
     assert parse_setting("lr=3e-4") == ("lr", 3e-4) and parse_setting("model=unet") == ("model", "unet")
     with pytest.raises(MedsegError, match="unknown setting"):
         parse_setting("__import__('os')=1")

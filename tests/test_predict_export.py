@@ -18,7 +18,7 @@ from PIL import Image
 from conftest import run_cli, write_busi_replica
 from replica_ircadb import write_ircadb_replica
 from replica_nifti import write_volume
-from medseg.train import train
+from runs import train
 
 DCIODVFY = shutil.which("dciodvfy")
 
@@ -57,9 +57,9 @@ def test_png_tif_prob_overlay_keep_the_input_size(busi_run, tmp_path):
 
 
 def test_tta_changes_probabilities_not_shape(busi_run):
-    from medseg.predict import Predictor
+    from medseg.inference.predictor import Predictor
     run, root = busi_run
-    from medseg.imageio import read_image
+    from medseg.io.images import read_image
     img = read_image(next((root / "malignant").glob("*).png")), 1)
     plain, tta = Predictor.load(run).probabilities(img), Predictor.load(run, tta=True).probabilities(img)
     assert plain.shape == tta.shape == img.shape[1:] and not np.allclose(plain, tta)
@@ -159,16 +159,16 @@ def test_lgg_folder_is_one_stack_with_2_5d_input(tmp_path):
     """An LGG run defaults to 2.5D input; predicting a patient folder stacks its slices in slice order,
     with the neighbours built as in training, and post-processes the patient in 3D as evaluate does."""
     from conftest import write_lgg_replica
-    from medseg import postprocess
+    from medseg.inference import postprocess
     from medseg.adapters import load_dataset
-    from medseg.data import neighbour_index, prep_of, read_item
-    from medseg.predict import Predictor
+    from medseg.data.arrays import neighbour_index, prep_of, read_item
+    from medseg.inference.predictor import Predictor
 
     root = write_lgg_replica(tmp_path / "kaggle_3m", patients=3, slices=6, size=48)
     run = tmp_path / "run"
     train(root, run, epochs=1, image_size=32, batch_size=8, quiet=True)
     p = Predictor.load(run)
-    assert p.plan["neighbours"] == 1
+    assert p.plan.neighbours == 1
     (run / "postprocess.json").write_text('{"setting": {"threshold": 0.4, "largest": true, "min_area": 0.0}}')
     p = Predictor.load(run)
     ds = load_dataset(root, "lgg")

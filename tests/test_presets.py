@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from medseg.cli import main
-from medseg.evaluate import evaluate
-from medseg.plan import presets
-from medseg.train import train
+from medseg.app.cli import main
+from medseg.evaluation.evaluate import evaluate
+from medseg.planning.planner import presets
+from runs import train
 
 from conftest import write_busi_replica, write_lgg_replica
 from replica_cbis import write_cbis_replica

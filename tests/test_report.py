@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from medseg.report import render_report, write_report
+from medseg.evaluation.report import render_report, write_report
 
 
 def _inputs():

@@ -21,10 +21,10 @@ import SimpleITK as sitk
 import tifffile
 from PIL import Image
 
-from medseg import metrics
-from medseg.predict import predict_files
-from medseg.serve import create_app, sniff
-from medseg.train import train
+from medseg.evaluation import metrics
+from medseg.inference.predictor import predict_files
+from medseg.app.serve import create_app, sniff
+from runs import train
 
 from conftest import run_cli, write_busi_replica
 from replica_ircadb import write_ircadb_replica
@@ -190,7 +190,7 @@ def test_bad_input_gets_clear_4xx_and_the_service_stays_up(busi_url, runs):
 
 
 def test_limits_413_503_504(runs, monkeypatch):
-    from medseg import serve
+    from medseg.app import serve
     png = _image(runs["busi"]).read_bytes()
     app = create_app(runs["busi_run"], max_upload_mb=len(png) / 2 / 1024 / 1024)
     with live(app) as url:
@@ -300,7 +300,7 @@ def test_load_1000_requests_with_100_malformed_stays_up_with_bounded_memory(runs
     from concurrent.futures import ThreadPoolExecutor
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", "from medseg.cli import main; main()", "serve",
+    proc = subprocess.Popen([sys.executable, "-c", "from medseg.app.cli import main; main()", "serve",
                              str(runs["busi_run"]), "--port", str(port), "--workers", "2", "--queue", "16"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

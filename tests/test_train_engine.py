@@ -21,11 +21,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medseg import train as train_mod
-from medseg.checkpoint import load_training_state, optimizer_from_tensors, optimizer_to_tensors
-from medseg.data import epoch_pool, sample_indices
-from medseg.optim import build_optimizer, build_schedule, lr_factor
-from medseg.train import train
+from medseg.training import loop as loop_mod, speed as speed_mod
+from medseg.training.state import load_training_state, optimizer_from_tensors, optimizer_to_tensors
+from medseg.data.sampling import epoch_pool, sample_indices
+from medseg.training.optim import build_optimizer, build_schedule, lr_factor
+from runs import train
 
 from conftest import run_cli, write_lgg_replica
 
@@ -108,7 +108,7 @@ def test_resume_mid_epoch_and_from_a_copied_checkpoint_equal_uninterrupted(tmp_p
 
 def test_ctrl_c_saves_last_and_exits_130(tmp_path, lgg):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-c", "from medseg.cli import main; main()", "train", str(lgg), "--out", str(run),
+    cmd = [sys.executable, "-c", "from medseg.app.cli import main; main()", "train", str(lgg), "--out", str(run),
            "--epochs", "200", "--image-size", "32", "--batch-size", "2", "--val-fraction", "0.34"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -167,7 +167,7 @@ def test_lock_blocks_a_second_training_and_stale_lock_is_taken_over(tmp_path, lg
 
 
 def test_early_stopping_when_dice_cannot_improve(tmp_path, lgg, monkeypatch):
-    monkeypatch.setattr(train_mod, "validate", lambda *a, **k: 0.5)
+    monkeypatch.setattr(loop_mod, "validate", lambda *a, **k: 0.5)
     s = train(lgg, tmp_path / "run", epochs=10, settings={**TINY, "patience": 1}, **KW)
     assert s["epochs"] == 2 and s["stopped"].startswith("early stop") and s["best_epoch"] == 1
     assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 3
@@ -195,8 +195,8 @@ def test_each_optimizer_schedule_and_sampling_trains_an_epoch(tmp_path, lgg, set
 
 def test_neighbour_slices_train_and_evaluate(tmp_path, lgg):
     """2.5D: k = 1 neighbour each side makes 3 x 3 input channels, in training and in the rebuilt model."""
-    from medseg.checkpoint import load_checkpoint
-    from medseg.evaluate import evaluate
+    from medseg.inference.checkpoint import load_checkpoint
+    from medseg.evaluation.evaluate import evaluate
     run = tmp_path / "run"
     train(lgg, run, epochs=1, settings={**TINY, "neighbours": 1}, **KW)
     model, cfg = load_checkpoint(run / "best")
@@ -310,7 +310,7 @@ def test_prefetching_trains_exactly_as_without(tmp_path, lgg, aug):
 
 
 def test_prefetch_keeps_order_passes_errors_and_rewinds_to_the_last_batch_used():
-    from medseg.data import Prefetch
+    from medseg.data.sampling import Prefetch
 
     state = {"made": 0}
 
@@ -337,13 +337,13 @@ def test_prefetch_keeps_order_passes_errors_and_rewinds_to_the_last_batch_used()
 
 
 def test_compile_auto_needs_a_2d_model_a_long_budget_and_a_cxx_compiler(monkeypatch):
-    from medseg.train import compiles
+    from medseg.training.speed import compiles
     monkeypatch.delenv("CXX", raising=False)
-    monkeypatch.setattr(train_mod.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(speed_mod.shutil, "which", lambda name: f"/usr/bin/{name}")
     plan = {"compile": "auto", "model": "unet", "time_budget_s": 1200}
     assert compiles(plan)
     assert not compiles({**plan, "time_budget_s": 300}) and not compiles({**plan, "time_budget_s": None})
     assert not compiles({**plan, "model": "unet3d"})
     assert compiles({**plan, "compile": True, "time_budget_s": None}) and not compiles({**plan, "compile": False})
-    monkeypatch.setattr(train_mod.shutil, "which", lambda name: None)  # no C++ compiler: inductor cannot build
+    monkeypatch.setattr(speed_mod.shutil, "which", lambda name: None)  # no C++ compiler: inductor cannot build
     assert not compiles(plan)

@@ -9,7 +9,7 @@ import torch
 
 from medseg.errors import MedsegError
 from medseg.models.vgg16_unet import VGG16UNet
-from medseg import weights
+from medseg.models import weights
 
 # torchvision.models.vgg16 / vgg16_bn: "features.<i>" indices of the 13 convolutions (cfg "D"), written out
 # here independently of medseg's own layer list.

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from medseg.adapters import Item
-from medseg.data import Arrays
-from medseg.evaluate import evaluate
-from medseg.train import train
-from medseg.volumes import crop, sample_patches, to_volumes
+from medseg.data.arrays import Arrays
+from medseg.evaluation.evaluate import evaluate
+from runs import train
+from medseg.data.volumes import crop, sample_patches, to_volumes
 
 from conftest import run_cli, write_busi_replica, write_lgg_replica
 from replica_nifti import write_msd_replica

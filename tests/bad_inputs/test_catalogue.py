@@ -24,7 +24,7 @@ from replica_cbis import write_cbis_replica  # noqa: E402
 from replica_ircadb import write_ircadb_replica  # noqa: E402
 from replica_nifti import write_pair_replica  # noqa: E402
 
-from medseg.cli import main  # noqa: E402
+from medseg.app.cli import main  # noqa: E402
 
 CASES = {}
 

@@ -130,3 +130,13 @@ def _load(adapter: Adapter, root: Path, target: str | None) -> DataSet:
     if not ds.items:
         raise MedsegError(ds.root, f"no image/mask pairs found for layout {ds.layout!r}")
     return ds
+
+
+def spacing_xyz(it: Item) -> tuple[float, float, float] | None:
+    """An item's voxel spacing in mm as (x, y, z), z = 1 for 2D images; None when the data carry none.
+    (Array axes run z, y, x: reverse it for them.)"""
+    sp = it.meta.get("spacing")
+    if not sp:
+        return None
+    sp = [float(v) for v in sp]
+    return (sp[0], sp[1], sp[2] if len(sp) > 2 and sp[2] > 0 else 1.0)

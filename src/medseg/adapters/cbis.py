@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MedsegError
-from ..imageio import read_dicom
+from ..io.images import read_dicom
 from .base import Adapter, DataSet, Item, register
 
 CSV_GLOB = "mass_case_description_*_set.csv"

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MedsegError
-from ..imageio import IMAGE_SUFFIXES, read_raw
+from ..io.images import IMAGE_SUFFIXES, read_raw
 from .base import Adapter, DataSet, Item, register
 
 MASK_DIRS = ("masks", "labels")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MedsegError
-from ..imageio import read_dicom
+from ..io.images import read_dicom
 from .base import Adapter, DataSet, Item, register
 
 PATIENT_DIR, MASKS_DIR = "PATIENT_DICOM", "MASKS_DICOM"

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MedsegError
-from ..imageio import VOLUME_SUFFIXES, is_volume, volume_stem
+from ..io.images import VOLUME_SUFFIXES, is_volume, volume_stem
 from .base import Adapter, DataSet, Item, register
 
 PERCENTILE = {"mode": "percentile", "low": 0.5, "high": 99.5}
@@ -80,7 +80,7 @@ def detect(root: Path) -> bool:
     return _layout_dirs(root) is not None
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -203,7 +203,7 @@ def _labels(labels_dir: Path) -> dict[str, Path]:
 
 def _found_values(paths: list[Path]) -> tuple[int, ...]:
     """Non-zero values of a few label volumes spread over the data set (no dataset.json names them)."""
-    from ..imageio import read_volume
+    from ..io.images import read_volume
     picks = [paths[i] for i in np.linspace(0, len(paths) - 1, min(LABEL_SAMPLE, len(paths))).round().astype(int)]
     found: set[int] = set()
     for p in dict.fromkeys(picks):
@@ -215,24 +215,48 @@ def _found_values(paths: list[Path]) -> tuple[int, ...]:
 
 
 def load(root: Path, target: str | None = None) -> DataSet:
+    images_dir, labels_dir = _dirs(root)
+    json_path = root / "dataset.json"
+    meta = read_json(json_path) if json_path.is_file() and images_dir.name == "imagesTr" else {}
+    names = channel_names(meta, json_path)
+    named_labels = label_values(meta, json_path)
+    _check_file_ending(meta, json_path)
+    problems: list[str] = []
+
+    labels = _labels(labels_dir)
+    cases = _group(images_dir, labels)
+    _check_pairs(images_dir, labels, cases)
+    channels, items = _items(cases, labels, images_dir, labels_dir, names)
+
+    n_training = meta.get("numTraining")
+    if isinstance(n_training, int) and n_training != len(cases):
+        problems.append(f"dataset.json says numTraining {n_training}, found {len(cases)} cases")
+    name, values = _target(named_labels, target, labels, json_path if meta else labels_dir)
+    return DataSet(root, "nifti", channels or 1, items, unit="patient", intensity=dict(PERCENTILE),
+                   target_values=values, target=name, problems=problems)
+
+
+def _dirs(root: Path) -> tuple[Path, Path]:
+    """(images folder, labels folder) of `root`, or the error naming what is missing."""
     dirs = _layout_dirs(root)
     if dirs is None:
         raise MedsegError(root, "no imagesTr/ (+ labelsTr/, dataset.json) nor images/ + labels/ of volume files here")
     images_dir, labels_dir = dirs
     if labels_dir is None:
         raise MedsegError(root / "labelsTr", "folder not found: imagesTr/ without labelsTr/ has nothing to train on")
-    json_path = root / "dataset.json"
-    meta = _read_json(json_path) if json_path.is_file() and images_dir.name == "imagesTr" else {}
-    names = channel_names(meta, json_path)
-    named_labels = label_values(meta, json_path)
+    return images_dir, labels_dir
+
+
+def _check_file_ending(meta: dict, json_path: Path) -> None:
+    """dataset.json's file_ending, where given, must be a volume suffix."""
     ending = meta.get("file_ending")
     if ending is not None and not str(ending).lower().endswith(VOLUME_SUFFIXES):
         raise MedsegError(json_path, f"file_ending {ending!r}: this layout reads volumes only "
                                      f"({', '.join(VOLUME_SUFFIXES)})")
-    problems: list[str] = []
 
-    labels = _labels(labels_dir)
-    cases = _group(images_dir, labels)
+
+def _check_pairs(images_dir: Path, labels: dict[str, Path], cases: dict[str, dict[int | None, Path]]) -> None:
+    """There are cases, and every label has an image."""
     if not cases:
         raise MedsegError(images_dir, f"no volume files ({', '.join(VOLUME_SUFFIXES)}) in this folder")
     for stem, lab in labels.items():
@@ -240,66 +264,92 @@ def load(root: Path, target: str | None = None) -> DataSet:
             raise MedsegError(lab, f"label has no image (expected {images_dir.name}/{stem}_0000{_suffix(lab)} "
                                    f"or {images_dir.name}/{stem}{_suffix(lab)})")
 
+
+def _items(cases: dict[str, dict[int | None, Path]], labels: dict[str, Path], images_dir: Path, labels_dir: Path,
+           names: list[str] | None) -> tuple[int | None, list[Item]]:
+    """One item per slice of every case, in case order, and the data set's channel count."""
     channels = len(names) if names else None
     items: list[Item] = []
     for case in sorted(cases):
         files = cases[case]
         label = labels.get(case)
-        first = files.get(None) or files.get(0) or files[min(files)]
+        first = _first(files)
         if label is None:
             raise MedsegError(first, f"image has no label (expected {labels_dir.name}/{case}{_suffix(first)})")
         if None in files:  # one file: one channel, or channels as vector components
-            h0 = read_header(files[None])
-            if h0.dim > 3:
-                raise _unsupported_4d(files[None], h0)
-            if h0.components not in (1, 3):
-                raise MedsegError(files[None], f"vector image with {h0.components} components per voxel: only 1 or 3 "
-                                               "are read; split the channels into <case>_0000, <case>_0001, ... files")
-            n, order = h0.components, [files[None]]
+            n, order, h0 = _single_file(files[None])
         else:
-            n = channels if channels is not None else max(files) + 1
-            for ch in range(n):
-                if ch not in files:
-                    raise MedsegError(images_dir / f"{case}_{ch:04d}{_suffix(first)}",
-                                      f"channel file missing for case {case!r} ({n} channels"
-                                      f"{' named in dataset.json' if channels else ''})")
-            extra = sorted(set(files) - set(range(n)))
-            if extra:
-                raise MedsegError(files[extra[0]], f"channel {extra[0]:04d} but dataset.json names {n} channels "
-                                                   f"({', '.join(names or [])})")
-            order = [files[ch] for ch in range(n)]
-            h0 = read_header(order[0])
-            if h0.dim > 3:
-                raise _unsupported_4d(order[0], h0)
+            n, order, h0 = _channel_files(case, files, images_dir, channels, names)
         if channels is None:
             channels = n
         elif n != channels:
             raise MedsegError(order[0], f"case {case!r} has {n} channels, the data set {channels}"
                                         f"{' (dataset.json)' if names else ''}")
-        for p in order[1:]:
-            h = read_header(p)
-            if h.components != 1:
-                raise MedsegError(p, f"channel file with {h.components} components per voxel (expected 1)")
-            _check_same_grid(p, h, order[0], h0, "channel")
-        hl = read_header(label)
-        if hl.components != 1:
-            raise MedsegError(label, f"label has {hl.components} components per voxel (expected one label map)")
-        _check_same_grid(label, hl, order[0], h0, "label")
+        _check_case_grids(order, h0, label)
         spacing = [float(v) for v in h0.spacing] + [1.0] * (3 - len(h0.spacing))
         for z in range(h0.slices):
             items.append(Item(order[0], (label,), case, z, {"spacing": list(spacing)}, z=z,
                               extra_channels=tuple(order[1:])))
+    return channels, items
 
-    n_training = meta.get("numTraining")
-    if isinstance(n_training, int) and n_training != len(cases):
-        problems.append(f"dataset.json says numTraining {n_training}, found {len(cases)} cases")
+
+def _first(files: dict[int | None, Path]) -> Path:
+    """The case's single file, else its channel 0 (else its lowest channel)."""
+    return files.get(None) or files.get(0) or files[min(files)]
+
+
+def _single_file(path: Path) -> tuple[int, list[Path], Header]:
+    """(channels, files in channel order, header) of a case in one file: one channel, or 1 or 3 components."""
+    h0 = read_header(path)
+    if h0.dim > 3:
+        raise _unsupported_4d(path, h0)
+    if h0.components not in (1, 3):
+        raise MedsegError(path, f"vector image with {h0.components} components per voxel: only 1 or 3 "
+                                "are read; split the channels into <case>_0000, <case>_0001, ... files")
+    return h0.components, [path], h0
+
+
+def _channel_files(case: str, files: dict[int | None, Path], images_dir: Path, channels: int | None,
+                   names: list[str] | None) -> tuple[int, list[Path], Header]:
+    """(channels, files in channel order, channel 0's header) of a case in channel files: none missing, none extra."""
+    first = _first(files)
+    n = channels if channels is not None else max(files) + 1
+    for ch in range(n):
+        if ch not in files:
+            raise MedsegError(images_dir / f"{case}_{ch:04d}{_suffix(first)}",
+                              f"channel file missing for case {case!r} ({n} channels"
+                              f"{' named in dataset.json' if channels else ''})")
+    extra = sorted(set(files) - set(range(n)))
+    if extra:
+        raise MedsegError(files[extra[0]], f"channel {extra[0]:04d} but dataset.json names {n} channels "
+                                           f"({', '.join(names or [])})")
+    order = [files[ch] for ch in range(n)]
+    h0 = read_header(order[0])
+    if h0.dim > 3:
+        raise _unsupported_4d(order[0], h0)
+    return n, order, h0
+
+
+def _check_case_grids(order: list[Path], h0: Header, label: Path) -> None:
+    """The other channel files and the label lie on channel 0's voxel grid, with one component each."""
+    for p in order[1:]:
+        h = read_header(p)
+        if h.components != 1:
+            raise MedsegError(p, f"channel file with {h.components} components per voxel (expected 1)")
+        _check_same_grid(p, h, order[0], h0, "channel")
+    hl = read_header(label)
+    if hl.components != 1:
+        raise MedsegError(label, f"label has {hl.components} components per voxel (expected one label map)")
+    _check_same_grid(label, hl, order[0], h0, "label")
+
+
+def _target(named_labels: dict[str, tuple[int, ...]], target: str | None, labels: dict[str, Path],
+            where: Path) -> tuple[str, tuple[int, ...]]:
+    """(target name, label values): --target among the named labels, or every non-zero value found."""
     if not named_labels and (target is None or target == "foreground"):
         found = _found_values(sorted(labels.values()))  # binary maps read as they are; several values all count
-        name, values = "foreground", (found if len(found) > 1 else ())
-    else:
-        name, values = pick_target(named_labels, target, json_path if meta else labels_dir)
-    return DataSet(root, "nifti", channels or 1, items, unit="patient", intensity=dict(PERCENTILE),
-                   target_values=values, target=name, problems=problems)
+        return "foreground", (found if len(found) > 1 else ())
+    return pick_target(named_labels, target, where)
 
 
 def _suffix(path: Path) -> str:

@@ -1,0 +1,1 @@
+"""Front ends: the CLI, the HTTP service and viewer, the demo."""

@@ -1,0 +1,1 @@
+"""Plan + items -> cached arrays, samples, batches, volumes and patches."""

@@ -1,0 +1,1 @@
+"""Predictions + truths -> metrics, sweep, report, comparison."""

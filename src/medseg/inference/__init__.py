@@ -1,0 +1,1 @@
+"""Checkpoint + image -> probabilities -> masks in the input's own format."""

@@ -1,0 +1,61 @@
+"""Model + preprocessing from the plan -> foreground probabilities (shared by validation, evaluate, predict)."""
+
+from __future__ import annotations
+
+import torch
+from monai.inferers import sliding_window_inference
+
+from ..transforms import normalize, resize_image, unfit
+
+OVERLAP = 0.25  # sliding-window overlap between neighbouring patches (MONAI's default is 0.25)
+
+
+class Bf16Autocast(torch.nn.Module):
+    """The `torch-bf16` engine: the (fp32) network run under bf16 autocast, logits returned in fp32.
+    benchmarks.inference: 1.5-1.8x the eager fp32 reference on a CPU with AVX512-BF16, masks Dice ~0.999
+    against fp32; on CPUs without native bf16 it is slower. Opt-in: masks may differ at the boundary."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.net(x).float()
+
+
+@torch.inference_mode()
+def predict_probs(model: torch.nn.Module, images: torch.Tensor, plan: dict, tta: bool = False,
+                  batch_size: int = 16) -> torch.Tensor:
+    """Bx C x H x W images in [0, 1], all of one size -> B x H x W probabilities at that same size.
+
+    Images are resized to the plan's training size and normalised as in training; the probabilities
+    (not hard masks) are resized back, so thresholding happens at the input's own resolution.
+    """
+    model.eval()
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start:start + batch_size].float()
+        h, w = x.shape[-2:]
+        keep = plan.keep_aspect
+        x = resize_image(x, plan.image_size, keep)
+        if not getattr(model, "includes_normalization", False):  # an ONNX graph normalises inside itself
+            x = normalize(x, plan.mean, plan.std)
+        x = x.contiguous(memory_format=torch.channels_last)
+        prob = torch.sigmoid(model(x))
+        if tta:  # left-right and up-down flips, probabilities averaged
+            prob = (prob + torch.sigmoid(model(x.flip(-1))).flip(-1) + torch.sigmoid(model(x.flip(-2))).flip(-2)) / 3
+        out.append(unfit(prob, (h, w), keep)[:, 0])
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def volume_probs(model: torch.nn.Module, volume: torch.Tensor, plan: dict, device=None) -> torch.Tensor:
+    """C x D x S x S float volume in [0, 1] (training size in-plane) -> D x S x S probabilities, by
+    sliding-window inference with Gaussian-weighted overlapping patches."""
+    model.eval()
+    device = device or torch.device("cpu")
+    x = normalize(volume[None].float(), plan.mean, plan.std).to(device)
+    logits = sliding_window_inference(x, plan.patch, sw_batch_size=4, predictor=model, overlap=OVERLAP,
+                                      mode="gaussian")
+    return torch.sigmoid(logits)[0, 0].float().cpu()

@@ -1,0 +1,1 @@
+"""Image and mask files: readers, DICOM SEG and NIfTI writers."""

@@ -1,0 +1,1 @@
+"""Data set -> fingerprint -> plan (split, settings): what training reads."""

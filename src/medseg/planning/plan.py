@@ -1,0 +1,217 @@
+"""The plan: every setting training reads, typed, with its defaults, its validation and its file format here.
+
+A plan is built by planning.planner (data set + preset + the user's flags), saved as RUN/plan.json and inside
+every checkpoint, and read back by `Plan.load`/`Plan.from_dict`, so evaluate, predict and serve use exactly the
+settings the model was trained with. Three groups of fields:
+
+- settings: what a user may set (presets, `--set key=value`, the train flags); `SETTINGS` lists them and
+  `DEFAULTS` gives their default values (the field defaults below are the only place they are written);
+- data and split: what the data set decides (channels, intensity rule, target, geometry) and the patients;
+- run facts: what training measured or chose (normalisation statistics, threads, item counts), and in a
+  checkpoint the epoch and validation Dice it was saved at.
+
+A dataclass rather than pydantic: `import medseg.planning.plan` stays at the standard library (pydantic adds
+~0.2 s to every command's start on this machine), and the checks needed are a few ranges and choices.
+
+Versions: plans without a "version" key were written by medseg up to 31ad044 (version 1); they hold the same
+keys and load unchanged. A plan newer than this medseg stops with one line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..errors import MedsegError
+
+PLAN_VERSION = 2
+SAMPLINGS = ("lesion", "area", "uniform")  # the implementations: data.sampling.SAMPLING
+PRECISIONS = ("auto", "fp32", "bf16")
+DEFAULT_PATCH = (32, 64, 64)
+
+
+def _setting(default, doc: str = "", lo=None, hi=None, closed: bool = True, choices: tuple | None = None):
+    """A user-settable field: its default, and the range (lo..hi; `closed`: lo itself allowed) or choices."""
+    meta = {"setting": True, "doc": doc, "range": None if lo is None else (lo, hi, closed), "choices": choices}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: json.loads(json.dumps(default)), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Plan:
+    # ---- settings. Per-layout defaults, chosen for a 2-core CPU and a ~20 minute budget (docs/architecture.md)
+    model: str = _setting("unet", "network (models registry)")
+    model_args: dict = _setting({"features": [16, 32, 64, 128, 256], "res_units": 2}, "network constructor args")
+    loss: str = _setting("bce+dice", "loss (training.losses registry)")
+    augmentation: str = _setting("default", "augmentation set (transforms)")
+    # measured: 7-min LGG runs reached val Dice 0.73 at 128 vs 0.36 at 256 (4x the samples/s)
+    image_size: int = _setting(128, "training size (square)", 16, 4096)
+    batch_size: int = _setting(16, "batch size", 1)
+    lr: float = _setting(2e-3, "peak learning rate", 0, closed=False)
+    weight_decay: float = _setting(1e-4, "weight decay", 0)
+    lesion_fraction: float = _setting(0.5, "share of draws from images with foreground (Buda et al.)", 0, 1)
+    threshold: float = _setting(0.5, "probability threshold of the masks", 0, 1, closed=False)
+    time_budget_s: float | None = _setting(1200.0, "wall-clock budget in seconds (null: none)", 0, closed=False)
+    epochs: int | None = _setting(None, "epoch count (null: the budget decides)", 1)
+    loss_args: dict = _setting({}, 'e.g. {"pos_weight": 2.0} or {"alpha": 0.3, "beta": 0.7} for tversky')
+    optimizer: str = _setting("adamw", "adamw | adam | sgd (momentum 0.9, nesterov)")
+    schedule: str = _setting("cosine", "cosine (warm-up + cosine over the budget) | onecycle | plateau | constant")
+    warmup: float = _setting(0.03, "share of the run spent warming the learning rate up", 0, 1)
+    sampling: str = _setting("lesion", "lesion | area (p ~ mask area, Buda) | uniform", choices=SAMPLINGS)
+    empty_drop: float = _setting(0.0, "probability of dropping an empty-mask image from an epoch (liver CT: 0.6)",
+                                 0, 1)
+    patience: int | None = _setting(None, "early stopping: epochs without a better validation Dice (null: off)", 1)
+    # 2.5D: k slices above and below as extra channels. None: 1 for slice stacks (unit "patient": LGG, CT/MR
+    # volumes), 0 for 2D images. Measured on LGG dev (30 min, 6 validation patients): per-patient Dice 0.792
+    # with k = 1 against 0.766 for single slices (README).
+    neighbours: int | None = _setting(None, "2.5D context slices each side (null: by the data)", 0, 8)
+    skip_bad: bool = _setting(False, "leave out unreadable images (listed under `skipped`) instead of stopping")
+    intensity_override: dict | None = _setting(None, "replaces the layout's intensity rule, e.g. a CT window")
+    headline_metric: str = _setting("dice", "dice | iou: the metric the report leads with")
+    encoder_weights: str | None = _setting(None, "pretrained encoder file (vgg16-unet); null: the hub cache's")
+    freeze_encoder_epochs: int = _setting(0, "keep a pretrained encoder fixed for the first N epochs")
+    compile: str | bool = _setting("auto", "torch.compile the step: auto (2D, budget >= 10 min, a C++ compiler)")
+    prefetch: str | bool = _setting("auto", "augment ahead in a thread: auto (a spare core, or a GPU)")
+    precision: str = _setting("auto", "bf16 autocast: auto (CUDA only) | bf16 | fp32", choices=PRECISIONS)
+    patch_size: list | None = _setting(None, "3D models: training patch D x H x W (null: 32 x 64 x 64)")
+
+    # ---- data: decided by the data set (planning.planner.data_settings)
+    data: str | None = None
+    layout: str | None = None
+    channels: int = 1
+    unit: str = "case"
+    intensity: dict = field(default_factory=lambda: {"mode": "range"})
+    target_values: list = field(default_factory=list)
+    target: str = "foreground"
+    target_name: str | None = None
+    keep_aspect: bool = False
+    preset: str | None = None
+
+    # ---- split: patients, never slices
+    seed: int = 0
+    val_fraction: float = 0.2
+    folds: int | None = None
+    fold: int | None = None
+    split: dict = field(default_factory=lambda: {"train": [], "val": []})
+
+    # ---- run facts: what training measured or chose
+    threads: int | None = None
+    mean: list | None = None
+    std: list | None = None
+    normalization: str | None = None  # "dataset" (mean/std of the training images) or "imagenet"
+    n_items: dict | None = None
+    skipped: list | None = None
+    # in a checkpoint: when it was saved
+    epoch: int | None = None
+    val_dice: float | None = None
+    medseg_version: str | None = None
+    version: int = PLAN_VERSION
+
+    # ------------------------------------------------------------------------------------------------ I/O
+    @classmethod
+    def from_dict(cls, d: dict, source: str | Path | None = None) -> "Plan":
+        """A plan (or checkpoint config) as JSON-read: version 1 (no "version", medseg <= 31ad044) or 2."""
+        if not isinstance(d, dict):
+            raise MedsegError(source, "not a medseg plan (expected a JSON object)")
+        version = d.get("version", 1)
+        if not isinstance(version, int) or version > PLAN_VERSION:
+            raise MedsegError(source, f"plan version {version!r} is newer than this medseg reads "
+                                      f"({PLAN_VERSION}): upgrade medseg")
+        unknown = set(d) - FIELDS
+        if unknown:
+            raise MedsegError(source, f"unknown plan keys: {', '.join(sorted(unknown))}")
+        return cls(**{**d, "version": PLAN_VERSION})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()), path)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise MedsegError(path, f"cannot read the plan ({type(e).__name__}: {e})".replace("\n", " ")) from e
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, **changes) -> "Plan":
+        """A copy with these fields changed (unknown names are a MedsegError, as in `--set`)."""
+        d = self.to_dict()
+        for k in changes:
+            if k not in FIELDS:
+                raise MedsegError(None, f"unknown setting {k!r}; known: {', '.join(sorted(SETTINGS))}")
+        d.update(changes)
+        return Plan(**d)
+
+    def settings(self) -> dict:
+        return {k: getattr(self, k) for k in SETTINGS}
+
+    # ------------------------------------------------------------------------------------------------ views
+    @property
+    def in_channels(self) -> int:
+        """The network's input channels: the image's, times 2k + 1 for 2.5D input with k neighbours each side."""
+        return int(self.channels) * (2 * int(self.neighbours or 0) + 1)
+
+    @property
+    def patch(self) -> tuple[int, int, int]:
+        """3D models: the D x H x W training patch; each side must pass the U-Net's downsamplings."""
+        size = self.patch_size or list(DEFAULT_PATCH)
+        levels = len((self.model_args or {}).get("features") or (0,) * 5) - 1
+        if len(size) != 3 or any(int(s) < 1 or int(s) % 2 ** levels for s in size):
+            raise MedsegError(None, f"patch_size must be 3 sides (D, H, W), each a multiple of {2 ** levels} for "
+                                    f"this {levels + 1}-level U-Net; got {size}")
+        return tuple(int(s) for s in size)
+
+    # ------------------------------------------------------------------------------------------------ checks
+    def validate(self, spatial_dims: int = 2) -> "Plan":
+        """Every check of the settings, in one place; a bad value stops before any work with one line naming
+        the setting. `spatial_dims`: the model's (models.SPATIAL_DIMS), for the 3D-only checks."""
+        for f in fields(self):
+            if f.metadata.get("range"):
+                _check_range(f.name, getattr(self, f.name), *f.metadata["range"])
+        if self.sampling not in SAMPLINGS:
+            raise MedsegError(None, f"unknown sampling {self.sampling!r}; known: {', '.join(SAMPLINGS)}")
+        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
+            raise MedsegError(None, f"patience must be a whole number of epochs >= 1 or null, got {self.patience!r}")
+        if not self.time_budget_s and not self.epochs:
+            raise MedsegError(None, "no end for the run: give --epochs or --time-budget")
+        if (self.precision or "auto") not in PRECISIONS:
+            raise MedsegError(None, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if spatial_dims == 3:
+            self.patch  # noqa: B018  (raises on a bad patch_size)
+            if self.augmentation not in ("3d", "none"):
+                raise MedsegError(None, f"augmentation {self.augmentation!r} is for 2D images; the 3D model "
+                                        f"takes '3d' or 'none'")
+        return self
+
+
+def _check_range(key: str, v, lo, hi, closed: bool) -> None:
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise MedsegError(None, f"setting {key} must be a number, got {v!r}")
+    low_ok = v >= lo if closed else v > lo
+    if not low_ok or (hi is not None and v > hi):
+        span = f"{'>=' if closed else '>'} {lo}" + (f" and <= {hi}" if hi is not None else "")
+        raise MedsegError(None, f"setting {key} must be {span}, got {v}")
+
+
+FIELDS = frozenset(f.name for f in fields(Plan))
+SETTINGS = tuple(f.name for f in fields(Plan) if f.metadata.get("setting"))
+DEFAULTS = {k: getattr(Plan(), k) for k in SETTINGS}  # a view of the field defaults above, for listings
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """`key=value` from the command line: the value is JSON if it parses (numbers, lists, null), else a
+    string. Parsed, never evaluated; the key must be a known plan setting."""
+    if "=" not in text:
+        raise MedsegError(None, f"--set expects key=value, got {text!r}")
+    key, raw = (t.strip() for t in text.split("=", 1))
+    if key not in SETTINGS:
+        raise MedsegError(None, f"unknown setting {key!r}; known: {', '.join(sorted(SETTINGS))}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value

@@ -1,0 +1,102 @@
+"""Data set + preset + the user's flags -> a validated Plan (planning.plan): the split and every setting.
+
+Later wins: the field defaults (planning.plan), then the layout's needs, then the preset
+(planning/presets/*.json), then `--set key=value` pairs, then the flags actually given.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+
+from ..adapters import DataSet
+from ..errors import MedsegError
+from ..models import SPATIAL_DIMS
+from .plan import DEFAULTS, SETTINGS, Plan
+from .split import split_patients
+
+# What a layout needs whatever the preset (none at present: the hook stays for layouts that need one).
+LAYOUT_DEFAULTS: dict[str, dict] = {}
+
+
+def presets() -> dict[str, dict]:
+    """The presets shipped in medseg/planning/presets/*.json: {name: {"description", "source", "settings"}}."""
+    out = {}
+    for res in sorted(files("medseg.planning").joinpath("presets").iterdir(), key=lambda r: r.name):
+        if res.name.endswith(".json"):
+            data = json.loads(res.read_text())
+            out[res.name[:-5]] = data
+    return out
+
+
+def settings_for(layout: str, preset: str | None = None, overrides: dict | None = None) -> dict:
+    """DEFAULTS, then the layout's needs, then the preset, then the user's flags: the later one wins."""
+    plan = {**DEFAULTS, **LAYOUT_DEFAULTS.get(layout, {})}
+    if preset:
+        known = presets()
+        if preset not in known:
+            raise MedsegError(None, f"unknown preset {preset!r}; known: {', '.join(known)} (see `medseg presets`)")
+        unknown = set(known[preset]["settings"]) - set(SETTINGS)
+        if unknown:
+            raise MedsegError(None, f"preset {preset!r} sets unknown keys: {', '.join(sorted(unknown))}")
+        plan.update(known[preset]["settings"])
+        plan["preset"] = preset
+    plan.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return plan
+
+
+def _given(settings: dict | None, flags: dict) -> dict:
+    """The user's settings: `--set key=value` pairs (null included: `--set time_budget_s=null` means no
+    budget) and then the flags actually given (a flag left out is None and changes nothing)."""
+    return {**(settings or {}), **{k: v for k, v in flags.items() if v is not None}}
+
+
+def make_plan(ds: DataSet, val_fraction: float = 0.2, seed: int = 0, preset: str | None = None,
+              folds: int | None = None, fold: int | None = None, settings: dict | None = None, **overrides) -> Plan:
+    """The plan of a new run: settings in their order of precedence, the data set's facts, the split; validated."""
+    s = settings_for(ds.layout, preset)
+    given = _given(settings, overrides)
+    s.update(given)
+    if s["epochs"] is not None and "time_budget_s" not in given:
+        s["time_budget_s"] = None  # an explicit epoch count alone is not cut short by the default budget
+    unknown = set(s) - set(SETTINGS) - {"preset"}
+    if unknown:
+        raise MedsegError(None, f"unknown setting {sorted(unknown)[0]!r}; known: {', '.join(sorted(SETTINGS))}")
+    train, val = split_patients(ds, val_fraction, seed, folds, fold)
+    s.update(data_settings(ds, s))
+    if SPATIAL_DIMS.get(s["model"], 2) == 3 and s["augmentation"] == "default":
+        s["augmentation"] = "3d"  # the 2D default set does not apply to C x D x H x W patches
+    plan = Plan(**s, seed=seed, val_fraction=val_fraction, folds=folds, fold=fold,
+                split={"train": train, "val": val})
+    return plan.validate(SPATIAL_DIMS.get(plan.model, 2))
+
+
+def data_settings(ds: DataSet, settings: dict) -> dict:
+    """What the data set decides in a plan: input channels, intensity rule, target, geometry handling."""
+    return {
+        "data": str(ds.root.resolve()),
+        "layout": ds.layout,
+        "channels": ds.channels,
+        "unit": ds.unit,
+        "intensity": settings.get("intensity_override") or ds.intensity,
+        "target_values": list(ds.target_values),
+        "target": ds.target,
+        "target_name": ds.target if ds.target != "foreground" else None,
+        "keep_aspect": ds.keep_aspect,
+        "neighbours": _neighbours(ds, settings),
+    }
+
+
+def _neighbours(ds: DataSet, settings: dict) -> int:
+    """2.5D context: 1 slice each side for slice stacks, 0 for 2D images and for 3D models (which see the
+    neighbouring slices through their 3D kernels)."""
+    three_d = SPATIAL_DIMS.get(settings.get("model"), 2) == 3
+    if three_d and ds.unit != "patient":
+        raise MedsegError(ds.root, f"the 3D model {settings['model']!r} needs volumes or slice stacks; "
+                                   f"this {ds.layout} data set has 2D images")
+    if settings.get("neighbours") is None:
+        return 0 if three_d or ds.unit != "patient" else 1
+    if three_d and int(settings["neighbours"]):
+        raise MedsegError(None, f"neighbours={settings['neighbours']} is for 2D models (2.5D input); the 3D model "
+                                f"{settings['model']!r} takes whole patches: leave neighbours unset")
+    return int(settings["neighbours"])

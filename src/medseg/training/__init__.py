@@ -1,0 +1,1 @@
+"""Plan + arrays -> checkpoints: the loop, its callbacks, state and resume."""

@@ -1,0 +1,91 @@
+"""Loss registry (MONAI where it fits): name -> loss on Bx1xHxW logits and float {0,1} targets.
+
+`build_loss(plan["loss"], **plan["loss_args"])`; every loss applies the sigmoid itself. Dice-type losses
+pool the whole batch (batch=True) so an empty slice does not give a degenerate per-image Dice of 0 or 1.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from monai.losses import DiceCELoss, DiceLoss, FocalLoss, TverskyLoss
+
+from ..errors import MedsegError
+
+
+def _positive(name: str, value, allow_zero: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise MedsegError(None, f"loss argument {name} must be a number, got {value!r}") from None
+    if not (v >= 0 if allow_zero else v > 0) or v != v or v == float("inf"):
+        raise MedsegError(None, f"loss argument {name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return v
+
+
+def _pos_weight(pos_weight) -> torch.Tensor | None:
+    """A weight on the positive class's BCE term (>1: missing foreground costs more; for small lesions)."""
+    return None if pos_weight is None else torch.tensor([_positive("pos_weight", pos_weight)])
+
+
+def _bce(pos_weight: float | None = None) -> nn.Module:
+    return nn.BCEWithLogitsLoss(pos_weight=_pos_weight(pos_weight))
+
+
+def _dice(smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: bool = True) -> nn.Module:
+    return DiceLoss(sigmoid=True, batch=bool(batch), smooth_nr=_positive("smooth_nr", smooth_nr, True),
+                    smooth_dr=_positive("smooth_dr", smooth_dr, True))
+
+
+def _bce_dice(pos_weight: float | None = None, lambda_dice: float = 1.0, lambda_bce: float = 1.0,
+              smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: bool = True) -> nn.Module:
+    # With one output channel MONAI's DiceCELoss passes `weight` to BCEWithLogitsLoss as pos_weight and
+    # leaves the Dice term unweighted (MONAI 1.6.1; tests/test_losses.py checks it).
+    return DiceCELoss(sigmoid=True, batch=bool(batch), smooth_nr=_positive("smooth_nr", smooth_nr, True),
+                      smooth_dr=_positive("smooth_dr", smooth_dr, True), weight=_pos_weight(pos_weight),
+                      lambda_dice=_positive("lambda_dice", lambda_dice, True),
+                      lambda_ce=_positive("lambda_bce", lambda_bce, True))
+
+
+def _focal(gamma: float = 2.0, alpha: float | None = None) -> nn.Module:
+    if alpha is not None and not 0.0 <= _positive("alpha", alpha, True) <= 1.0:
+        raise MedsegError(None, f"focal alpha (the positive class's share of the weight) must be in [0, 1], got {alpha}")
+    return FocalLoss(use_softmax=False, gamma=_positive("gamma", gamma, True),
+                     alpha=None if alpha is None else float(alpha))
+
+
+def _tversky(alpha: float = 0.5, beta: float = 0.5, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
+             batch: bool = True) -> nn.Module:
+    a, b = _positive("alpha", alpha, True), _positive("beta", beta, True)
+    if a + b == 0:
+        raise MedsegError(None, "tversky needs alpha + beta > 0")
+    return TverskyLoss(sigmoid=True, alpha=a, beta=b, batch=bool(batch), smooth_nr=_positive("smooth_nr", smooth_nr, True),
+                       smooth_dr=_positive("smooth_dr", smooth_dr, True))
+
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "bce+dice": _bce_dice,
+    "dice": _dice,
+    "bce": _bce,
+    "focal": _focal,
+    "tversky": _tversky,
+}
+# One line each for `medseg presets`; loss_args are the keyword arguments named in brackets.
+LOSSES: dict[str, str] = {
+    "bce+dice": "BCE + soft Dice, MONAI DiceCELoss (pos_weight, lambda_dice, lambda_bce, smooth_nr, smooth_dr)",
+    "dice": "soft Dice over the batch (smooth_nr, smooth_dr, batch)",
+    "bce": "binary cross-entropy on logits (pos_weight)",
+    "focal": "sigmoid focal loss (gamma, alpha: the positive class's weight in [0, 1])",
+    "tversky": "Tversky loss (alpha weighs false positives, beta false negatives; 0.3/0.7 favours recall)",
+}
+
+
+def build_loss(name: str, **kwargs) -> nn.Module:
+    if name not in _BUILDERS:
+        raise MedsegError(None, f"unknown loss {name!r}; known: {', '.join(sorted(_BUILDERS))}")
+    try:
+        return _BUILDERS[name](**kwargs)
+    except TypeError as e:  # an unknown keyword in loss_args
+        raise MedsegError(None, f"loss {name!r}: bad loss_args {kwargs}: {e}") from None
