@@ -50,7 +50,7 @@ def test_checkpoint_is_safetensors_with_config(tmp_path, busi_replica):
         assert cfg == json.loads((out / name / "config.json").read_text())
         assert set(cfg["split"]["train"]).isdisjoint(cfg["split"]["val"])
     model, cfg = load_checkpoint(out / "best")
-    assert cfg["channels"] == 1 and cfg["image_size"] == 32
+    assert cfg.channels == 1 and cfg.image_size == 32
     log = (out / "log.csv").read_text().splitlines()
     assert log[0].startswith("epoch,") and len(log) == 3
     assert not list(out.rglob("*.tmp"))

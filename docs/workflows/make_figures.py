@@ -22,9 +22,9 @@ import numpy as np  # noqa: E402
 
 from medseg import postprocess  # noqa: E402
 from medseg.adapters import load_dataset  # noqa: E402
-from medseg.data import prep_of, read_item  # noqa: E402
-from medseg.evaluate import overlay  # noqa: E402
-from medseg.predict import Predictor  # noqa: E402
+from medseg.data.arrays import prep_of, read_item  # noqa: E402
+from medseg.io.images import overlay  # noqa: E402
+from medseg.inference.predictor import Predictor  # noqa: E402
 
 
 def curve(run: Path, out: Path) -> None:
@@ -51,13 +51,13 @@ def cases(run: Path, out: Path) -> None:
     with open(run / "eval" / "cases.csv") as f:
         rows = sorted((r for r in csv.DictReader(f) if int(r["gt_pixels"]) > 0), key=lambda r: float(r["dice"]))
     picks = {"worst": rows[0], "median": rows[len(rows) // 2], "best": rows[-1]}
-    ds = load_dataset(plan["data"], plan["layout"], plan.get("target_name"))
+    ds = load_dataset(plan.data, plan.layout, plan.target_name)
     fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.6), dpi=90)
     for ax, (label, row) in zip(axes, picks.items()):
         items = sorted((it for it in ds.items if it.case == row["case"]), key=lambda it: it.index)
         read = [read_item(it, prep_of(plan)) for it in items]
         probs = p.volume_probabilities(iter([r[0] for r in read]), len(read)) if len(read) > 1 or \
-            plan.get("neighbours") else p.probabilities(read[0][0])[None]
+            plan.neighbours else p.probabilities(read[0][0])[None]
         masks = postprocess.apply(probs, p.setting)
         masks = masks if masks.ndim == 3 else masks[None]
         k = int(np.argmax([r[1].sum() for r in read]))

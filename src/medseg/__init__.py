@@ -8,6 +8,6 @@ from .version import __version__  # noqa: F401
 
 
 def load(run, **kwargs):
-    """A trained run ready to predict (see medseg.api); torch is imported only here, not on `import medseg`."""
+    """A trained run ready to predict (see medseg.inference.api); torch is imported only here, not on `import medseg`."""
     from .inference.api import load as _load
     return _load(run, **kwargs)

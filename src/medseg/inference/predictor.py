@@ -88,7 +88,7 @@ class Predictor:
     def probabilities_batch(self, images: np.ndarray) -> np.ndarray:
         """B x C x H x W images of one size -> B x H x W probabilities."""
         if self.three_d:
-            raise MedsegError(None, f"this run's model ({self.plan['model']}) is 3D: it segments volumes, DICOM "
+            raise MedsegError(None, f"this run's model ({self.plan.model}) is 3D: it segments volumes, DICOM "
                                     "series and slice stacks, not single 2D images")
         return predict_probs(self.model, torch.from_numpy(np.ascontiguousarray(images)), self.plan, tta=self.tta,
                              batch_size=self.batch_size).numpy()
