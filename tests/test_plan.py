@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from medseg.adapters import load_dataset
@@ -58,3 +60,28 @@ def test_presets_fill_the_plan_and_flags_win(tmp_path):
         parse_setting("__import__('os')=1")
     with pytest.raises(MedsegError, match="unknown preset"):
         make_plan(ds, 0.34, 0, preset="nope")
+
+
+def test_plan_versions_and_keys(tmp_path):
+    """Plans written by medseg <= 31ad044 carry no "version" (version 1) and load unchanged; a newer version
+    or a key this medseg does not know stops with one line naming the file."""
+    from medseg.planning.plan import PLAN_VERSION, Plan
+    v1 = {"model": "unet", "model_args": {"features": [16, 32, 64, 128, 256], "res_units": 2}, "loss": "bce+dice",
+          "image_size": 128, "lr": 0.002, "epochs": 3, "time_budget_s": None, "neighbours": 1, "data": "/x",
+          "layout": "lgg", "channels": 3, "unit": "patient", "intensity": {"mode": "range"}, "mean": [0.1] * 9,
+          "std": [0.2] * 9, "normalization": "dataset", "n_items": {"train": 7, "val": 2}, "threads": 1,
+          "split": {"train": ["a"], "val": ["b"]}, "epoch": 3, "val_dice": 0.5, "medseg_version": "0.1.0"}
+    plan = Plan.from_dict(v1)
+    assert plan.version == PLAN_VERSION and plan.in_channels == 9 and plan.mean == [0.1] * 9 and plan.epoch == 3
+    assert plan.optimizer == "adamw" and plan.schedule == "cosine"  # absent keys take the field defaults
+    assert Plan.from_dict(plan.to_dict()) == plan
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({**v1, "version": PLAN_VERSION + 1}))
+    with pytest.raises(MedsegError, match=f"{path}.*newer than this medseg"):
+        Plan.load(path)
+    with pytest.raises(MedsegError, match="unknown plan keys: colour"):
+        Plan.from_dict({**v1, "colour": "red"}, path)
+    with pytest.raises(MedsegError, match="setting lr must be > 0"):
+        plan.replace(lr=0).validate()
+    with pytest.raises(MedsegError, match="unknown sampling 'often'"):
+        plan.replace(sampling="often").validate()

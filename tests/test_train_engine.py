@@ -21,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from medseg.planning.plan import Plan
 from medseg.training import loop as loop_mod, speed as speed_mod
 from medseg.training.state import load_training_state, optimizer_from_tensors, optimizer_to_tensors
 from medseg.data.sampling import epoch_pool, sample_indices
@@ -200,34 +201,34 @@ def test_neighbour_slices_train_and_evaluate(tmp_path, lgg):
     run = tmp_path / "run"
     train(lgg, run, epochs=1, settings={**TINY, "neighbours": 1}, **KW)
     model, cfg = load_checkpoint(run / "best")
-    assert len(cfg["mean"]) == 9 and cfg["channels"] == 3
+    assert len(cfg.mean) == 9 and cfg.channels == 3
     assert 0.0 <= evaluate(run, quiet=True)["dice"]["mean"] <= 1.0
 
 
 def test_schedule_shapes_and_state_round_trip():
     plan = {"lr": 1.0, "warmup": 0.1}
-    cos = build_schedule({**plan, "schedule": "cosine"})
+    cos = build_schedule(Plan(**{**plan, "schedule": "cosine"}))
     assert [cos.factor(p) for p in (0.0, 0.05, 0.5, 1.0)] == [lr_factor(p, 0.1) for p in (0.0, 0.05, 0.5, 1.0)]
-    assert build_schedule({"lr": 1.0}).name == "cosine"  # plans without the key keep today's behaviour
-    one = build_schedule({**plan, "schedule": "onecycle"})
+    assert build_schedule(Plan(**{"lr": 1.0})).name == "cosine"  # plans without the key keep today's behaviour
+    one = build_schedule(Plan(**{**plan, "schedule": "onecycle"}))
     assert one.factor(0.0) == pytest.approx(1 / 25) and one.factor(0.3) == pytest.approx(1.0)
     assert one.factor(1.0) == pytest.approx(1 / 25e4) and one.momentum(0.3) == pytest.approx(0.85)
     p = torch.nn.Parameter(torch.zeros(2))
     for name in ("sgd", "adam"):
-        opt = build_optimizer({"lr": 0.1, "optimizer": name}, [p])
+        opt = build_optimizer(Plan(lr=0.1, optimizer=name, weight_decay=0.0), [p])
         one.apply(opt, 0.1, 0.3)
         g = opt.param_groups[0]
         assert (g["momentum"] if name == "sgd" else g["betas"][0]) == pytest.approx(0.85)
         assert g["lr"] == pytest.approx(0.1)
-    assert build_optimizer({"lr": 0.1, "optimizer": "sgd"}, [p]).param_groups[0]["nesterov"] is True
-    plateau = build_schedule({**plan, "schedule": "plateau"})
+    assert build_optimizer(Plan(lr=0.1, optimizer="sgd", weight_decay=0.0), [p]).param_groups[0]["nesterov"] is True
+    plateau = build_schedule(Plan(**{**plan, "schedule": "plateau"}))
     for dice in (0.5, 0.6, 0.6, 0.59):  # two epochs without improvement: halve
         plateau.epoch_end(dice)
     assert plateau.factor(0.5) == 0.5
-    again = build_schedule({**plan, "schedule": "plateau"})
+    again = build_schedule(Plan(**{**plan, "schedule": "plateau"}))
     again.load_state_dict(json.loads(json.dumps(plateau.state_dict())))
     assert again.state_dict() == plateau.state_dict() and again.factor(0.5) == 0.5
-    const = build_schedule({**plan, "schedule": "constant"})
+    const = build_schedule(Plan(**{**plan, "schedule": "constant"}))
     assert const.factor(0.0) == pytest.approx(0.1) and const.factor(0.9) == 1.0
 
 
@@ -235,12 +236,12 @@ def test_optimizer_state_round_trips_through_tensors_and_json():
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 2)
     for name in ("adamw", "sgd"):
-        opt = build_optimizer({"lr": 0.1, "optimizer": name, "weight_decay": 1e-4}, net.parameters())
+        opt = build_optimizer(Plan(**{"lr": 0.1, "optimizer": name, "weight_decay": 1e-4}), net.parameters())
         net(torch.randn(4, 3)).sum().backward()
         opt.step()
         tensors, index = optimizer_to_tensors(opt.state_dict())
         index = json.loads(json.dumps(index))
-        fresh = build_optimizer({"lr": 0.1, "optimizer": name, "weight_decay": 1e-4}, net.parameters())
+        fresh = build_optimizer(Plan(**{"lr": 0.1, "optimizer": name, "weight_decay": 1e-4}), net.parameters())
         fresh.load_state_dict(optimizer_from_tensors(tensors, index))
         a, b = opt.state_dict(), fresh.state_dict()
         assert a["param_groups"] == b["param_groups"]
@@ -341,9 +342,9 @@ def test_compile_auto_needs_a_2d_model_a_long_budget_and_a_cxx_compiler(monkeypa
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(speed_mod.shutil, "which", lambda name: f"/usr/bin/{name}")
     plan = {"compile": "auto", "model": "unet", "time_budget_s": 1200}
-    assert compiles(plan)
-    assert not compiles({**plan, "time_budget_s": 300}) and not compiles({**plan, "time_budget_s": None})
-    assert not compiles({**plan, "model": "unet3d"})
-    assert compiles({**plan, "compile": True, "time_budget_s": None}) and not compiles({**plan, "compile": False})
+    assert compiles(Plan(**plan))
+    assert not compiles(Plan(**{**plan, "time_budget_s": 300})) and not compiles(Plan(**{**plan, "time_budget_s": None}))
+    assert not compiles(Plan(**{**plan, "model": "unet3d"}))
+    assert compiles(Plan(**{**plan, "compile": True, "time_budget_s": None})) and not compiles(Plan(**{**plan, "compile": False}))
     monkeypatch.setattr(speed_mod.shutil, "which", lambda name: None)  # no C++ compiler: inductor cannot build
-    assert not compiles(plan)
+    assert not compiles(Plan(**plan))
