@@ -38,7 +38,7 @@ def _reached(curve: list[dict]) -> dict[str, float | None]:
 
 
 def _train(data: Path, out: Path, budget: float, settings: dict | None) -> None:
-    from medseg.training.train import Options, train_folder
+    from medseg.training.command import Options, train_folder
     shutil.rmtree(out, ignore_errors=True)
     train_folder(data, out, time_budget_s=budget, settings=settings, options=Options(quiet=True))
 

@@ -72,7 +72,7 @@ def reference(data: str, seconds: float, warmup: int) -> tuple[float, float]:
 
 
 def medseg_loop(data: str, seconds: float, warmup: int, settings: dict) -> tuple[float, float, float]:
-    from medseg.training.train import Options, train_folder
+    from medseg.training.command import Options, train_folder
 
     times: list[tuple[float, int]] = []
 

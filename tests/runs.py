@@ -2,7 +2,7 @@
 
 A thin adapter over medseg.training.train.train_folder (which takes an Options object for how to run)."""
 
-from medseg.training.train import Options, train_folder
+from medseg.training.command import Options, train_folder
 
 
 def train(data=None, out=None, *, quiet=False, threads=None, callback=None, resume=None, **flags):

@@ -53,7 +53,7 @@ def make_synthetic(folder: Path, n: int = 160, size: int = 128, empty_share: flo
 def run_demo(out: Path, n: int = 160, size: int = 128, time_budget_s: float = 150.0, quiet: bool = False) -> dict:
     from ..evaluation.evaluate import evaluate
     from ..inference.predictor import predict_files
-    from ..training.train import Options, train_folder
+    from ..training.command import Options, train_folder
 
     data = make_synthetic(Path(out) / "data", n=n, size=size)
     run = Path(out) / "run"

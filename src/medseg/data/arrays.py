@@ -28,10 +28,10 @@ from ..errors import MedsegError
 from ..planning.plan import Plan
 from ..planning.planner import data_settings, settings_for
 from ..io.images import read_image, read_mask
-from ..transforms import resize_image, resize_mask
+from ..transforms import resize_image, resize_mask, scale_case
 
 CACHE_VERSION = 1
-PREP_KEYS = ("channels", "image_size", "intensity", "target_values", "keep_aspect")
+PREP_KEYS = ("channels", "image_size", "intensity", "target_values", "keep_aspect", "intensity_norm")
 
 
 @dataclass
@@ -86,23 +86,18 @@ def load_arrays(items: list[Item], prep: dict, label: str = "reading", cache: bo
     size, keep = prep["image_size"], bool(prep.get("keep_aspect"))
     images = torch.empty((len(items), prep["channels"], size, size), dtype=torch.uint8)
     masks = torch.empty((len(items), 1, size, size), dtype=torch.uint8)
+    good: list[int] = []
     with Progress(transient=True) as bar:
         task = bar.add_task(label, total=len(items))
-        good = []
-        for i, it in enumerate(items):
-            try:
-                img, mask = read_item(it, prep)
-            except MedsegError as e:
-                if skipped is None:
-                    raise
-                skipped.append({"file": e.path or str(it.image), "problem": e.problem})
-                bar.advance(task)
-                continue
-            good.append(i)
-            img = resize_image(torch.from_numpy(img)[None], size, keep)[0]
-            images[i] = (img * 255).round().clamp(0, 255).to(torch.uint8)
-            masks[i] = resize_mask(torch.from_numpy(mask)[None, None], size, keep)[0].to(torch.uint8)
-            bar.advance(task)
+        for case in _by_case(items):  # a case is read whole: its intensity statistics span all its slices
+            read = _read_case(items, case, prep, skipped, bar, task)
+            scaled = scale_case([img for _, img, _ in read], prep.get("intensity_norm"))
+            for (i, _, mask), img in zip(read, scaled):
+                good.append(i)
+                img = resize_image(torch.from_numpy(img)[None], size, keep)[0]
+                images[i] = (img * 255).round().clamp(0, 255).to(torch.uint8)
+                masks[i] = resize_mask(torch.from_numpy(mask)[None, None], size, keep)[0].to(torch.uint8)
+    good.sort()
     if len(good) < len(items):
         keep_idx = torch.tensor(good, dtype=torch.long)
         return Arrays(images[keep_idx], masks[keep_idx], [items[i] for i in good])
@@ -110,6 +105,30 @@ def load_arrays(items: list[Item], prep: dict, label: str = "reading", cache: bo
     if folder is not None:
         _write_cache(folder, arrays, prep)
     return arrays
+
+
+def _by_case(items: list[Item]) -> list[list[int]]:
+    """Item positions grouped by case, cases in order of first appearance."""
+    cases: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        cases.setdefault(it.case, []).append(i)
+    return list(cases.values())
+
+
+def _read_case(items: list[Item], case: list[int], prep: dict, skipped: list[dict] | None, bar, task) -> list:
+    """(position, image, mask) of a case's readable items; with a `skipped` list the others are recorded there."""
+    out = []
+    for i in case:
+        try:
+            img, mask = read_item(items[i], prep)
+        except MedsegError as e:
+            if skipped is None:
+                raise
+            skipped.append({"file": e.path or str(items[i].image), "problem": e.problem})
+        else:
+            out.append((i, img, mask))
+        bar.advance(task)
+    return out
 
 
 def neighbour_positions(pos: int, k: int, n: int) -> list[int]:

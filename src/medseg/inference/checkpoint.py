@@ -19,6 +19,7 @@ from ..planning.plan import Plan
 from ..models import build_model
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
+CV_FILE = "cv.json"  # a cross-validated run: RUN/cv.json names its fold run folders (training.cv)
 
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, plan: Plan) -> None:
@@ -63,3 +64,15 @@ def resolve_run(run: Path) -> Path:
         if (candidate / WEIGHTS).is_file():
             return candidate
     raise MedsegError(run, "no checkpoint found (expected best/model.safetensors): train a run first")
+
+
+def fold_runs(run: str | Path) -> list[Path] | None:
+    """The fold run folders of a cross-validated run (RUN/cv.json), in fold order; None for any other run."""
+    path = Path(run) / CV_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+        return [Path(run) / name for name in info["runs"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MedsegError(path, f"cannot read the cross-validation record ({type(e).__name__}: {e})") from e

@@ -10,6 +10,34 @@ from ..transforms import normalize, resize_image, unfit
 OVERLAP = 0.25  # sliding-window overlap between neighbouring patches (MONAI's default is 0.25)
 
 
+class Normalised(torch.nn.Module):
+    """The network with the plan's per-channel normalisation in front of it."""
+
+    def __init__(self, model: torch.nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.model = model
+        self.mean, self.std = list(mean), list(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(normalize(x, self.mean, self.std))
+
+
+class Ensemble(torch.nn.Module):
+    """The fold models of a cross-validated run, each with its own normalisation (its training folds'
+    statistics), averaged in probability space as nnU-Net does. forward() returns the logit of the mean
+    probability, so every path that applies a sigmoid (2D, TTA, sliding window) averages probabilities."""
+
+    includes_normalization = True
+
+    def __init__(self, nets: list[torch.nn.Module], means: list[list[float]], stds: list[list[float]]):
+        super().__init__()
+        self.nets = torch.nn.ModuleList(Normalised(n, m, s) for n, m, s in zip(nets, means, stds))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.stack([torch.sigmoid(net(x).float()) for net in self.nets]).mean(0)
+        return torch.logit(p, eps=1e-6)
+
+
 class Bf16Autocast(torch.nn.Module):
     """The `torch-bf16` engine: the (fp32) network run under bf16 autocast, logits returned in fp32.
     benchmarks.inference: 1.5-1.8x the eager fp32 reference on a CPU with AVX512-BF16, masks Dice ~0.999
@@ -55,7 +83,10 @@ def volume_probs(model: torch.nn.Module, volume: torch.Tensor, plan: dict, devic
     sliding-window inference with Gaussian-weighted overlapping patches."""
     model.eval()
     device = device or torch.device("cpu")
-    x = normalize(volume[None].float(), plan.mean, plan.std).to(device)
+    x = volume[None].float()
+    if not getattr(model, "includes_normalization", False):  # an ensemble normalises per fold inside itself
+        x = normalize(x, plan.mean, plan.std)
+    x = x.to(device)
     logits = sliding_window_inference(x, plan.patch, sw_batch_size=4, predictor=model, overlap=OVERLAP,
                                       mode="gaussian")
     return torch.sigmoid(logits)[0, 0].float().cpu()

@@ -18,20 +18,8 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, resolve_run
+from .engines import Normalised  # noqa: F401  (part of this module's interface: tests and benchmarks)
 from ..errors import MedsegError, atomic_path
-from ..transforms import normalize
-
-
-class Normalised(torch.nn.Module):
-    """The network with the plan's per-channel normalisation in front of it."""
-
-    def __init__(self, model: torch.nn.Module, mean: list[float], std: list[float]):
-        super().__init__()
-        self.model = model
-        self.mean, self.std = list(mean), list(std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(normalize(x, self.mean, self.std))
 
 
 def export_onnx(run: str | Path, out: str | Path | None = None, opset: int | None = None) -> tuple[Path, float]:

@@ -26,14 +26,15 @@ from rich.console import Console
 from rich.progress import Progress
 
 from . import postprocess
-from .checkpoint import load_checkpoint, resolve_run
+from .checkpoint import fold_runs, load_checkpoint, resolve_run
 from ..errors import MedsegError, atomic_path
 from ..io.images import (IMAGE_SUFFIXES, is_dicom, is_mask_name, is_volume, overlay, read_image, volume_stem,
                          write_mask_png)
-from .engines import Bf16Autocast, predict_probs, volume_probs
+from .engines import Bf16Autocast, Ensemble, predict_probs, volume_probs
 from ..data.arrays import stream_with_neighbours
 from ..models import SPATIAL_DIMS, fold_batchnorm
-from ..transforms import resize_image, unfit
+from ..planning.plan import Plan
+from ..transforms import resize_image, scale_case, unfit
 
 
 console = Console(stderr=True)
@@ -46,7 +47,7 @@ class Predictor:
     """A trained model with its plan and post-processing: `Predictor.load(run).mask(image)`."""
 
     model: torch.nn.Module
-    plan: dict
+    plan: Plan
     tta: bool = False
     setting: dict = field(default_factory=dict)
     batch_size: int = 8
@@ -54,39 +55,49 @@ class Predictor:
     @classmethod
     def load(cls, run: str | Path, tta: bool = False, engine: str = "torch", onnx_path: str | Path | None = None,
              threshold: float | None = None, batch_size: int = 8) -> "Predictor":
-        folder = resolve_run(Path(run))
-        model, plan = load_checkpoint(folder)
-        run_folder = folder.parent if folder.name in ("best", "last") else folder
+        """A run's best checkpoint; a cross-validated run (RUN/cv.json): its fold models as one ensemble."""
+        folds = fold_runs(run)
+        if folds is not None:
+            if engine == "onnx":
+                raise MedsegError(run, "--engine onnx takes one model; this cross-validated run is an ensemble "
+                                       "of its folds: use --engine torch (or predict with RUN/fold<i>)")
+            loaded = [load_checkpoint(resolve_run(f)) for f in folds]
+            plan, run_folder = _same_preprocessing(loaded, Path(run)), Path(run)
+            model = Ensemble([_engine(m, p, engine) for m, p in loaded], [p.mean for _, p in loaded],
+                             [p.std for _, p in loaded])
+        else:
+            folder = resolve_run(Path(run))
+            model, plan = load_checkpoint(folder)
+            run_folder = folder.parent if folder.name in ("best", "last") else folder
+            if engine == "onnx":
+                if SPATIAL_DIMS.get(plan.model, 2) == 3:
+                    raise MedsegError(None, "--engine onnx is for 2D models; this run's model is 3D: use --engine torch")
+                from .onnx import OnnxNet
+                model = OnnxNet(Path(onnx_path) if onnx_path else run_folder / "model.onnx")
+            else:
+                model = _engine(model, plan, engine)
         setting = postprocess.load(run_folder, plan)
         if threshold is not None:
             if not 0 < threshold < 1:
                 raise MedsegError(None, f"--threshold must lie between 0 and 1, got {threshold}")
             setting = {**setting, "threshold": float(threshold)}
-        if engine == "onnx":
-            if SPATIAL_DIMS.get(plan.model, 2) == 3:
-                raise MedsegError(None, "--engine onnx is for 2D models; this run's model is 3D: use --engine torch")
-            from .onnx import OnnxNet
-            model = OnnxNet(Path(onnx_path) if onnx_path else run_folder / "model.onnx")
-        elif engine in ("torch", "torch-bf16"):
-            fold_batchnorm(model.eval())  # same masks, one pass less per layer (benchmarks.inference)
-            if SPATIAL_DIMS.get(plan.model, 2) == 2:
-                model = model.to(memory_format=torch.channels_last)
-            if engine == "torch-bf16":
-                model = Bf16Autocast(model)
-        else:
-            raise MedsegError(None, f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
         return cls(model, plan, tta, setting, batch_size)
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
-        """C x H x W float image in [0, 1] (channels as trained) -> H x W foreground probability."""
-        return self.probabilities_batch(image[None])[0]
+        """C x H x W float image in [0, 1] (channels as trained), a case of its own -> H x W foreground
+        probability; scaled by the plan's per-case intensity rule first, as in training."""
+        return self.probabilities_batch(self.scale_case([image])[0][None])[0]
+
+    def scale_case(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """One case's images (a 2D image, or every slice of a stack) by the plan's intensity rule."""
+        return scale_case(images, self.plan.intensity_norm)
 
     @property
     def three_d(self) -> bool:
         return SPATIAL_DIMS.get(self.plan.model, 2) == 3
 
     def probabilities_batch(self, images: np.ndarray) -> np.ndarray:
-        """B x C x H x W images of one size -> B x H x W probabilities."""
+        """B x C x H x W images of one size, already scaled (scale_case) -> B x H x W probabilities."""
         if self.three_d:
             raise MedsegError(None, f"this run's model ({self.plan.model}) is 3D: it segments volumes, DICOM "
                                     "series and slice stacks, not single 2D images")
@@ -100,6 +111,8 @@ class Predictor:
         """Slices in order (an iterable of C x H x W arrays, n of them) -> n x H x W float16 probabilities,
         in batches, so only one batch of float32 images exists at a time. 2.5D runs get each slice with
         its neighbours as channels, as in training; a 3D model gets the whole stack, by sliding window."""
+        if self.plan.intensity_norm == "case":  # the statistics span the whole stack: read it first
+            slices = self.scale_case(list(slices))
         if self.three_d:
             return self._volume_3d(slices, n, bar, task)
         out, batch = None, []
@@ -153,6 +166,28 @@ class Predictor:
         if bar is not None:
             bar.advance(task, len(shrunk))
         return out
+
+
+def _engine(model: torch.nn.Module, plan: Plan, engine: str) -> torch.nn.Module:
+    """The torch engines: BatchNorm folded (same masks, one pass less per layer: benchmarks.inference),
+    channels_last for 2D models, and for torch-bf16 the bf16 autocast wrapper."""
+    if engine not in ("torch", "torch-bf16"):
+        raise MedsegError(None, f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+    fold_batchnorm(model.eval())
+    if SPATIAL_DIMS.get(plan.model, 2) == 2:
+        model = model.to(memory_format=torch.channels_last)
+    return Bf16Autocast(model) if engine == "torch-bf16" else model
+
+
+def _same_preprocessing(loaded: list, run: Path) -> Plan:
+    """Fold 0's plan, once every fold is checked to take its input the same way (size, channels, context)."""
+    keys = ("model", "image_size", "channels", "neighbours", "intensity", "intensity_norm", "keep_aspect")
+    first = loaded[0][1]
+    for _, p in loaded[1:]:
+        if any(getattr(p, k) != getattr(first, k) for k in keys):
+            raise MedsegError(run, "the folds of this run were trained with different preprocessing: predict "
+                                   "with one fold (RUN/fold<i>)")
+    return first
 
 
 @dataclass

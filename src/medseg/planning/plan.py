@@ -13,8 +13,9 @@ settings the model was trained with. Three groups of fields:
 A dataclass rather than pydantic: `import medseg.planning.plan` stays at the standard library (pydantic adds
 ~0.2 s to every command's start on this machine), and the checks needed are a few ranges and choices.
 
-Versions: plans without a "version" key were written by medseg up to 31ad044 (version 1); they hold the same
-keys and load unchanged. A plan newer than this medseg stops with one line.
+Versions: plans without a "version" key were written by medseg up to 31ad044 (version 1); they load with the
+behaviour of that time (no per-case intensity scaling, no weight averaging, the single best epoch), so their
+checkpoints predict the same masks. A plan newer than this medseg stops with one line.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..errors import MedsegError
 PLAN_VERSION = 2
 SAMPLINGS = ("lesion", "area", "uniform")  # the implementations: data.sampling.SAMPLING
 PRECISIONS = ("auto", "fp32", "bf16")
+INTENSITY_NORMS = ("case", "none")
 DEFAULT_PATCH = (32, 64, 64)
 
 
@@ -76,6 +78,14 @@ class Plan:
     prefetch: str | bool = _setting("auto", "augment ahead in a thread: auto (a spare core, or a GPU)")
     precision: str = _setting("auto", "bf16 autocast: auto (CUDA only) | bf16 | fp32", choices=PRECISIONS)
     patch_size: list | None = _setting(None, "3D models: training patch D x H x W (null: 32 x 64 x 64)")
+    # MRI and ultrasound have no absolute intensity scale: each case (a 2D image, or a patient's whole slice
+    # stack) is scaled by its own statistics before anything else (data.normalise). CT keeps its HU window.
+    intensity_norm: str = _setting("case", "case (each case by its own intensity statistics, for images read "
+                                           "on a relative scale) | none", choices=INTENSITY_NORMS)
+    ema_decay: float | None = _setting(0.999, "exponential moving average of the weights per step, validated, "
+                                              "saved and used for predict (null: off)", 0, 1, closed=False)
+    select_window: int = _setting(5, "best checkpoint: the epoch ending the best running mean of this many "
+                                     "validation Dice values (1: the single best epoch)", 1)
 
     # ---- data: decided by the data set (planning.planner.data_settings)
     data: str | None = None
@@ -122,6 +132,8 @@ class Plan:
         unknown = set(d) - FIELDS
         if unknown:
             raise MedsegError(source, f"unknown plan keys: {', '.join(sorted(unknown))}")
+        if version == 1:  # what medseg <= 31ad044 did: no per-case intensity scaling, no weight averaging
+            d = {"intensity_norm": "none", "ema_decay": None, "select_window": 1, **d}
         return cls(**{**d, "version": PLAN_VERSION})
 
     @classmethod
@@ -176,6 +188,9 @@ class Plan:
             raise MedsegError(None, f"patience must be a whole number of epochs >= 1 or null, got {self.patience!r}")
         if not self.time_budget_s and not self.epochs:
             raise MedsegError(None, "no end for the run: give --epochs or --time-budget")
+        if self.intensity_norm not in INTENSITY_NORMS:
+            raise MedsegError(None, f"intensity_norm must be one of {', '.join(INTENSITY_NORMS)}, "
+                                    f"got {self.intensity_norm!r}")
         if (self.precision or "auto") not in PRECISIONS:
             raise MedsegError(None, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if spatial_dims == 3:

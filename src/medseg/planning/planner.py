@@ -73,12 +73,17 @@ def make_plan(ds: DataSet, val_fraction: float = 0.2, seed: int = 0, preset: str
 
 def data_settings(ds: DataSet, settings: dict) -> dict:
     """What the data set decides in a plan: input channels, intensity rule, target, geometry handling."""
+    intensity = settings.get("intensity_override") or ds.intensity
+    # per-case scaling is for images read on a relative scale ("range": MRI slices, ultrasound, photographs);
+    # a CT window keeps Hounsfield units, and per-volume percentiles (NIfTI MR) already are a per-case rule
+    norm = settings.get("intensity_norm", "case") if intensity.get("mode", "range") == "range" else "none"
     return {
         "data": str(ds.root.resolve()),
         "layout": ds.layout,
         "channels": ds.channels,
         "unit": ds.unit,
-        "intensity": settings.get("intensity_override") or ds.intensity,
+        "intensity": intensity,
+        "intensity_norm": norm,
         "target_values": list(ds.target_values),
         "target": ds.target,
         "target_name": ds.target if ds.target != "foreground" else None,

@@ -4,6 +4,8 @@
     summary = train(plan, dataset, Path("runs/x"), Options())    # a new run
     summary = resume(Path("runs/x"), Options(), epochs=50)       # continue one exactly
 
+(training.command.train_folder is the `medseg train` command as a call: it plans and calls these.)
+
 Training is bounded by a wall-clock budget and/or an epoch count (training.loop). Both checkpoints carry the
 whole training state, so a resumed run ends with the same weights as an uninterrupted one (epoch mode). Ctrl-C
 (SIGINT) or SIGTERM saves `last` at the current step and stops; a lock file keeps two trainings out of one
@@ -29,7 +31,6 @@ from ..errors import MedsegError, atomic_path
 from ..models import SPATIAL_DIMS
 from ..models.weights import encoder_settings
 from ..planning.plan import Plan
-from ..planning.planner import make_plan
 from .callbacks import (Checkpoints, ConsoleStatus, CsvLog, EarlyStopping, TensorBoard, UserCallback, console,
                         print_summary)
 from .dist import Dist
@@ -79,33 +80,6 @@ def resume(run: str | Path, options: Options | None = None, epochs: int | None =
     finally:
         if d.owns_group:
             torch_dist.destroy_process_group()
-
-
-def train_folder(data: str | Path | None = None, out: str | Path | None = None, *, layout: str = "auto",
-                 target: str | None = None, preset: str | None = None, settings: dict | None = None,
-                 val_fraction: float = 0.2, seed: int = 0, folds: int | None = None, fold: int | None = None,
-                 resume_run: str | Path | None = None, options: Options | None = None, **flags) -> dict:
-    """The `medseg train` command as a call: a new run of the data folder `data` into `out` (planned from the
-    layout, preset, `settings` and `flags`: epochs, time_budget_s, image_size, batch_size, lr), or, with
-    `resume_run`, that run continued (only `epochs` and `time_budget_s` may then be given)."""
-    options = options or Options()
-    if resume_run is not None:
-        if out is not None and Path(out).resolve() != Path(resume_run).resolve():
-            raise MedsegError(out, f"--out and --resume name different folders ({resume_run}); "
-                                   "--resume RUN alone continues RUN")
-        given = {"--threads": options.threads, "--preset": preset, "--target": target, "--set": settings or None,
-                 "--folds": folds, **{f"--{k.replace('_', '-')}": v for k, v in flags.items()
-                                      if k not in ("epochs", "time_budget_s")}}
-        changed = [k for k, v in given.items() if v is not None]
-        if changed:
-            raise MedsegError(resume_run, f"--resume continues the run's own plan; only --epochs and --time-budget "
-                                          f"can change (got {', '.join(changed)})")
-        return resume(resume_run, options, flags.get("epochs"), flags.get("time_budget_s"), data)
-    if out is None or data is None:
-        raise MedsegError(None, "train needs DATA and --out RUN (or --resume RUN to continue a run)")
-    ds = load_dataset(data, layout, target)
-    plan = make_plan(ds, val_fraction, seed, preset=preset, folds=folds, fold=fold, settings=settings, **flags)
-    return train(plan, ds, out, options)
 
 
 @contextlib.contextmanager
