@@ -42,7 +42,9 @@ def train(data: Optional[Path] = typer.Argument(None, help="Data set folder in i
           setting: list[str] = typer.Option([], "--set", help="Any plan setting as key=value, repeatable, e.g. "
                                             "--set loss=tversky --set neighbours=1 (values parsed as JSON)."),
           folds: Optional[int] = typer.Option(None, help="K-fold cross-validation: K folds by patient "
-                                              "(stratified where the layout has classes); use with --fold."),
+                                              "(stratified where the layout has classes). With --fold i: that fold "
+                                              "alone; without --fold: every fold, one after another, into RUN/fold<i> "
+                                              "within one --time-budget (evaluate pools them, predict averages them)."),
           fold: Optional[int] = typer.Option(None, help="Which fold (0..K-1) is the validation set."),
           encoder_weights: Optional[Path] = typer.Option(None, help="Pretrained encoder weights, a local file "
                                                          "(vgg16-unet: torchvision .pth or .safetensors); never downloaded."),
@@ -62,7 +64,7 @@ def train(data: Optional[Path] = typer.Argument(None, help="Data set folder in i
                                         "the output and in RUN/plan.json) instead of stopping.")) -> None:
     """Train a U-Net: split by patient, keep RUN/best and RUN/last, log to RUN/log.csv."""
     from ..planning.plan import parse_setting
-    from ..training.train import Options, train_folder
+    from ..training.command import Options, train_folder
     settings = dict(parse_setting(s) for s in setting) or None
     if encoder_weights:
         settings = {**(settings or {}), "encoder_weights": str(encoder_weights)}
@@ -85,10 +87,14 @@ def evaluate(run: Path = typer.Argument(..., help="Run folder (from medseg train
              tune: Optional[bool] = typer.Option(None, "--tune/--no-tune",
                                                  help="Sweep thresholds and post-processing (largest component, "
                                                       "small-component removal) and save the best into the run "
-                                                      "(default: on the validation split of the training data).")) -> None:
+                                                      "(default: on the validation split of the training data)."),
+             stress: bool = typer.Option(False, "--stress", help="Also score the cases under controlled input shifts "
+                                         "(intensity x0.33 to x3, gamma, noise, blur, halved resolution, left-right "
+                                         "flip): a stress table in metrics.json, the report and the output; about 11 "
+                                         "more prediction passes over the cases.")) -> None:
     """Score a run: RUN/eval/metrics.json, cases.csv, slices.csv and report.html."""
     from ..evaluation.evaluate import evaluate as run_evaluate
-    run_evaluate(run, data, split, format, tta, tune=tune)
+    run_evaluate(run, data, split, format, tta, tune=tune, stress=stress)
 
 
 @app.command()

@@ -30,11 +30,13 @@ from . import metrics
 from ..inference import postprocess
 from ..adapters import load_dataset
 from ..adapters.base import spacing_xyz
-from ..data.arrays import neighbour_index, prep_of, read_item
+from ..data.arrays import prep_of, read_item
 from ..errors import MedsegError, atomic_path
+from ..inference.checkpoint import fold_runs
 from ..inference.predictor import Predictor
 from ..io.images import overlay, thumb_step
 from .report import render_report, write_report
+from . import stress as stress_shifts
 
 if TYPE_CHECKING:
     from ..planning.plan import Plan
@@ -57,7 +59,7 @@ MAX_CASE_LOSS = 0.05
 
 def evaluate(run: str | Path, data: str | Path | None = None, split: str | None = None,
              layout: str | None = None, tta: bool = False, quiet: bool = False,
-             tune: bool | None = None) -> dict:
+             tune: bool | None = None, stress: bool = False) -> dict:
     run = Path(run)
     predictor = Predictor.load(run, tta=tta)
     plan = predictor.plan
@@ -69,14 +71,17 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
         raise MedsegError(None, f"--split must be 'val' or 'all', got {split!r}")
     tune = (split == "val" and same) if tune is None else tune
     ds = load_dataset(data, layout or (plan.layout if same else "auto"), plan.target_name)
-    items = _select_items(ds, plan, split, data)
-
     current = postprocess.load(run_folder, plan)
     candidates = CANDIDATES if tune else []
     if tune and current not in candidates:
         candidates = [current, *candidates]
-    scan = _Scan.of(predictor, items, current, candidates)
-    scored = _score_cases(scan, ds, tune, quiet)
+    scored, items, skipped = [], [], []
+    for fold_predictor in _pooled(run, predictor, split, same, tta):  # one model, or each fold's own
+        fold_items = _select_items(ds, fold_predictor.plan, split, data)
+        scan = _Scan.of(fold_predictor, fold_items, current, candidates)
+        scored += _score_cases(scan, ds, tune, quiet)
+        items += fold_items
+        skipped += scan.skipped
 
     chosen, sweep = current, []
     if tune:
@@ -87,13 +92,42 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
     cases, slices, lesion_rows, shown = _collect(scored)
     result = _summarise(cases, lesion_rows, ds, data, split, plan, tta, chosen, current, sweep)
     result["fingerprint"] = _fingerprint(items, scored, ds)
-    result["skipped"] = scan.skipped
+    result["skipped"] = skipped
+    if stress:  # the same cases again under input shifts, at the chosen setting (stress.py)
+        groups = _stress_groups(run, predictor, split, same, tta, ds, data, chosen)
+        result["stress"] = stress_shifts.stress_test(groups, chosen, quiet)
     _write_outputs(run_folder, result, cases, slices, shown, plan)
     if not quiet:
         _print_summary(result)
+        if stress:
+            stress_shifts.print_table(result["stress"])
         Console().print(f"report: {escape(str(run_folder / 'eval' / 'report.html'))} (metrics.json, cases.csv, "
                         "slices.csv beside it)", soft_wrap=True)
     return result
+
+
+def _pooled(run: Path, predictor: Predictor, split: str, same: bool, tta: bool) -> list[Predictor]:
+    """A cross-validated run's validation split on its own data: each fold's model on its own validation
+    patients, pooled, so every patient is scored once by a model that never saw it. Otherwise the run's model
+    (for a cross-validated run on other data: the ensemble of its folds)."""
+    folds = fold_runs(run)
+    if folds is None or split != "val" or not same:
+        return [predictor]
+    return [Predictor.load(f, tta=tta) for f in folds]
+
+
+def _stress_groups(run: Path, predictor: Predictor, split: str, same: bool, tta: bool, ds, data: Path,
+                   chosen: dict) -> list[tuple[Predictor, list]]:
+    """The evaluated cases read again for the stress test, with the model that scored them (each fold's own
+    when pooled): (predictor, [(case id, images, truths), ...]); unreadable images left out as before."""
+    groups = []
+    for fold_predictor in _pooled(run, predictor, split, same, tta):
+        scan = _Scan.of(fold_predictor, _select_items(ds, fold_predictor.plan, split, data), chosen, [])
+        with Progress(disable=True) as bar:
+            task = bar.add_task("", total=len(scan.items))
+            read = [_read_case(scan, start, end, bar, task) for start, end in _case_spans(scan.items)]
+        groups.append((fold_predictor, [(kept[0].case, images, gts) for images, gts, kept in read if kept]))
+    return groups
 
 
 def _select_items(ds, plan: Plan, split: str, data: Path) -> list:
@@ -117,19 +151,13 @@ class _Scan:
     current: dict
     candidates: list[dict]
     prep: dict
-    k: int  # 2.5D: context slices each side (0: none)
-    around: list[list[int]] | None  # 2.5D: each item's neighbours, as positions in `items`
-    # 2.5D: the last slices read, each needed by up to 2k + 1 items
-    recent: dict[int, np.ndarray] = field(default_factory=dict)
     # unreadable images left out, when the run was trained with --skip-bad
     skipped: list[dict] = field(default_factory=list)
 
     @classmethod
     def of(cls, predictor: Predictor, items: list, current: dict, candidates: list[dict]) -> _Scan:
-        """The scan of `items` with the plan's preprocessing and 2.5D neighbours."""
-        plan = predictor.plan
-        k = int(plan.neighbours or 0)
-        return cls(predictor, items, current, candidates, prep_of(plan), k, neighbour_index(items, k) if k else None)
+        """The scan of `items` with the plan's preprocessing."""
+        return cls(predictor, items, current, candidates, prep_of(predictor.plan))
 
 
 def _score_cases(scan: _Scan, ds, tune: bool, quiet: bool) -> list[dict]:
@@ -138,11 +166,12 @@ def _score_cases(scan: _Scan, ds, tune: bool, quiet: bool) -> list[dict]:
     with Progress(console=console, disable=quiet, transient=True) as bar:
         task = bar.add_task(f"evaluating {len(items)} images", total=len(items))
         for start, end in _case_spans(items):
-            images, gts, probs, kept = _read_case(scan, start, end, bar, task)
+            images, gts, kept = _read_case(scan, start, end, bar, task)
             if not kept:
                 continue
-            if predictor.three_d:  # the whole case at once, by sliding window
-                probs = list(predictor.volume_probabilities(iter(images), len(images)))
+            # the whole case at once, as `medseg predict` sees it: scaled by its own intensity statistics,
+            # 2.5D neighbours from its own slices, a 3D model by sliding window
+            probs = list(predictor.volume_probabilities(iter(images), len(images)))
             sc = _score_case(kept, images, gts, probs, scan.current, scan.candidates)
             if not tune:
                 sc["done"] = _finish(sc, scan.current, ds)
@@ -161,9 +190,9 @@ def _case_spans(items: list):
         start = end
 
 
-def _read_case(scan: _Scan, start: int, end: int, bar: Progress, task: TaskID) -> tuple[list, list, list, list]:
-    """Images, ground truths, 2D probabilities (float16) and items of items[start:end], unreadable ones left out."""
-    images, gts, probs, kept = [], [], [], []
+def _read_case(scan: _Scan, start: int, end: int, bar: Progress, task: TaskID) -> tuple[list, list, list]:
+    """Images, ground truths and items of items[start:end] (one case, in slice order), unreadable ones left out."""
+    images, gts, kept = [], [], []
     for i in range(start, end):
         try:
             img, gt = read_item(scan.items[i], scan.prep)
@@ -173,31 +202,11 @@ def _read_case(scan: _Scan, start: int, end: int, bar: Progress, task: TaskID) -
             scan.skipped.append({"file": e.path or str(scan.items[i].image), "problem": e.problem})
             bar.advance(task)
             continue
-        net_input = _with_neighbours(scan, i, img) if scan.around else img
-        if not scan.predictor.three_d:
-            probs.append(scan.predictor.probabilities(net_input).astype(np.float16))
         images.append(img)
         gts.append(gt)
         kept.append(scan.items[i])
         bar.advance(task)
-    return images, gts, probs, kept
-
-
-def _with_neighbours(scan: _Scan, i: int, img: np.ndarray) -> np.ndarray:
-    """2.5D: item i's image with its neighbour slices as channels; keeps the slices the next items need."""
-    scan.recent[i] = img
-    for j in scan.around[i]:
-        if j not in scan.recent:
-            try:
-                scan.recent[j] = read_item(scan.items[j], scan.prep)[0]
-            except MedsegError:
-                if not scan.predictor.plan.skip_bad:
-                    raise
-                scan.recent[j] = img  # an unreadable neighbour (--skip-bad): the slice itself
-
-    net_input = np.concatenate([scan.recent[j] for j in scan.around[i]])
-    scan.recent = {j: v for j, v in scan.recent.items() if j >= i - scan.k}
-    return net_input
+    return images, gts, kept
 
 
 def _collect(scored: list[dict]) -> tuple[list[dict], list[dict], list[dict], dict]:
@@ -415,7 +424,7 @@ def _write_outputs(run: Path, result: dict, cases: list[dict], slices: list[dict
     notes = _report_notes(result)
     html_text = render_report(f"medseg evaluation: {run.name}", summary, cases, pics, log_rows, notes,
                               subgroups=result["subgroups"], sweep=result["sweep"], lesion_summary=lesion_summary,
-                              config=plan, fingerprint=result["fingerprint"])
+                              config=plan, fingerprint=result["fingerprint"], stress=result.get("stress"))
     write_report(folder / "report.html", html_text)
 
 

@@ -235,6 +235,21 @@ def _sweep(rows: list[dict]) -> str:
     return f'<div class="scroll short"><table>{head}{"".join(body)}</table></div>'
 
 
+def _stress(rows: list[dict]) -> str:
+    """The stress-test table: one row per input shift, its mean Dice, the change against the unshifted input
+    and the worst case."""
+    head = ("<tr><th>shift</th><th>what</th><th>Dice mean (all cases)</th><th>change</th>"
+            "<th>Dice mean (lesion cases)</th><th>worst case</th><th>its Dice</th></tr>")
+    body = []
+    for r in rows:
+        change = "reference" if r["shift"] == "none" else f"{r['change']:+.3f}"
+        body.append(f"<tr><td>{_fmt(r['shift'])}</td><td>{_fmt(r.get('description', ''))}</td>"
+                    f"<td class='num'>{_fmt(r['dice_mean'])}</td><td class='num'>{html.escape(change)}</td>"
+                    f"<td class='num'>{_fmt(r.get('dice_mean_lesion'))}</td><td>{_fmt(r['worst_case'])}</td>"
+                    f"<td class='num'>{_fmt(r['worst_dice'])}</td></tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
 def _details(title: str, doc: dict) -> str:
     text = html.escape(json.dumps(doc, indent=2, default=str))
     return f"<details><summary>{html.escape(title)}</summary><pre>{text}</pre></details>"
@@ -243,9 +258,9 @@ def _details(title: str, doc: dict) -> str:
 def render_report(title: str, summary: dict, cases: list[dict], overlays: list[tuple], log_rows: list[dict],
                   notes: list[str], *, subgroups: dict | None = None, sweep: list[dict] | None = None,
                   lesion_summary: dict | None = None, config: dict | None = None,
-                  fingerprint: dict | None = None) -> str:
+                  fingerprint: dict | None = None, stress: list[dict] | None = None) -> str:
     """Return the HTML text: summary, learning curves, distribution, subgroups, threshold sweep, lesions,
-    best / median / worst cases, the sortable per-case table, configuration and notes. `overlays` items
+    stress test, best / median / worst cases, the sortable per-case table, configuration and notes. `overlays` items
     are (caption, RGB overlay) or (caption, RGB overlay, probability map)."""
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if summary:
@@ -267,6 +282,10 @@ def render_report(title: str, summary: dict, cases: list[dict], overlays: list[t
         parts += ["<h2>Lesions</h2><p>Connected components (3D for volumes): a lesion is detected when a "
                   "predicted component overlaps it; over-share is the fraction of wrong pixels that are false "
                   "positives.</p>", _kv_table(lesion_summary)]
+    if stress:
+        parts += ["<h2>Stress test</h2><p>The same cases predicted again with each input shift, scored as above "
+                  "(Dice per case, 3D over a patient's slices) at the run's threshold and post-processing; change: "
+                  "the mean Dice over all cases minus that of the unshifted input.</p>", _stress(stress)]
     if overlays:
         parts += ["<h2>Best / median / worst cases</h2>", _overlay_grid(overlays)]
     if cases:
