@@ -80,3 +80,15 @@ def test_predict_with_a_cv_run_averages_the_fold_models(cv_run):
     folds = [probs(run / f"fold{i}") for i in range(FOLDS)]
     assert np.allclose(ensemble, np.mean(folds, axis=0), atol=2e-3)  # float16 probabilities
     assert not np.allclose(ensemble, folds[0], atol=2e-3)  # the folds differ, so the average is not one of them
+
+
+def test_serve_and_load_take_a_cv_run_as_its_ensemble(cv_run):
+    from fastapi.testclient import TestClient
+
+    import medseg
+    from medseg.app.serve import create_app
+    data, run, _ = cv_run
+    assert TestClient(create_app(run)).get("/model").json()["ensemble_of_folds"] == FOLDS
+    patient = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    got = medseg.load(run).predict(patient / f"{patient.name}_2.tif")
+    assert got.mask.shape == (48, 48) and got.prob.dtype == np.float32

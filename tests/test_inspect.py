@@ -162,3 +162,48 @@ def test_percentile_rule_goes_through_read_image(tmp_path):
     assert u["min"] == 0 and u["max"] == 1 and 0.4 < u["p50"] < 0.6
     assert fp["intensity_raw"][0]["max"] < 4000 and fp["dtypes"] == {"uint16": 3}
     assert fp["mask_values"]["values"] == [0, 1] and fp["problems"] == []
+
+
+def _body_p99(slices: list[np.ndarray]) -> np.ndarray:
+    """Per channel: the 99th percentile of a case's body pixels (channel mean above 5% of its 99.9th
+    percentile), on the [0, 1] values of its H x W x 3 uint8 slices, written out here with numpy alone."""
+    x = np.concatenate([s.reshape(-1, 3) for s in slices]).astype(np.float64) / 255
+    level = x.mean(1)
+    return np.percentile(x[level > 0.05 * np.percentile(level, 99.9)], 99, axis=0)
+
+
+def test_case_intensity_spread_is_reported_and_warned(lgg_replica, capsys):
+    fp = fingerprint(lgg_replica, progress=False)
+    assert fp["problems"] == [] and set(fp["case_intensity"]) == set(fp["channel_names"])
+    assert all(r["cases"] == 3 and r["ratio_90_10"] < 1.2 for r in fp["case_intensity"].values())
+
+    case = "TCGA_XX_1001_20010101"  # one patient's whole stack at 0.3x the intensity (another scanner)
+    for f in (lgg_replica / case).glob("*.tif"):
+        if "_mask" not in f.name:
+            tifffile.imwrite(f, np.round(tifffile.imread(f) * 0.3).astype(np.uint8))
+    per_case = np.array([_body_p99([tifffile.imread(f) for f in d.glob("*.tif") if "_mask" not in f.name])
+                         for d in sorted(lgg_replica.iterdir())])
+    fp = fingerprint(lgg_replica, progress=False)
+    for c, name in enumerate(fp["channel_names"]):
+        r, v = fp["case_intensity"][name], per_case[:, c]
+        assert r["min"] == pytest.approx(v.min(), rel=1e-4) and r["max"] == pytest.approx(v.max(), rel=1e-4)
+        assert r["ratio_max_min"] == pytest.approx(v.max() / v.min(), rel=1e-4)
+        assert r["ratio_90_10"] == pytest.approx(np.percentile(v, 90) / np.percentile(v, 10), rel=1e-4)
+        assert 2.0 < r["ratio_90_10"] and 3.0 < r["ratio_max_min"] < 3.7  # ~1 / 0.3
+    found = [p for p in fp["problems"] if p["kind"] == "intensity spread"]
+    assert len(found) == len(fp["problems"]) == 3 and all("intensity_norm=case" in p["detail"] for p in found)
+
+    rc, out, _ = run_cli(["inspect", str(lgg_replica)], capsys)
+    assert rc == 0 and "case p99 (body)" in out and "3 problem(s) found" in out
+
+
+def test_case_intensity_not_applicable_to_a_ct_window(tmp_path):
+    rng = np.random.default_rng(3)
+    items = []
+    for k, scale in enumerate((1.0, 0.3, 1.0)):
+        tifffile.imwrite(tmp_path / f"{k}.tif", (rng.integers(0, 400, (20, 24)) * scale).astype(np.int16))
+        tifffile.imwrite(tmp_path / f"{k}_mask.tif", np.zeros((20, 24), np.uint8))
+        items.append(Item(tmp_path / f"{k}.tif", (tmp_path / f"{k}_mask.tif",), str(k)))
+    ds = DataSet(tmp_path, "folder", 1, items, intensity={"mode": "window", "low": -100, "high": 400})
+    fp = fingerprint(ds, progress=False)
+    assert fp["case_intensity"] == {"image": {"note": "HU scale, not applicable"}} and fp["problems"] == []

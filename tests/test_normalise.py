@@ -14,7 +14,7 @@ from medseg.data.arrays import load_arrays, prep_of
 from medseg.inference.predictor import Predictor
 from medseg.io.images import read_image
 from medseg.planning.planner import make_plan
-from medseg.transforms import CASE_TARGET, scale_case
+from medseg.io.intensity import CASE_TARGET, scale_case
 from runs import train
 
 from conftest import write_lgg_replica

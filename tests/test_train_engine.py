@@ -77,8 +77,8 @@ def test_resume_at_epoch_boundary_equals_uninterrupted(tmp_path, lgg):
 
 def test_resume_mid_epoch_and_from_a_copied_checkpoint_equal_uninterrupted(tmp_path, lgg):
     """cosine over 4 epochs: (a) SIGINT in epoch 3 saves `last` at that step, resume finishes it; (b) the
-    epoch-2 `last` of the uninterrupted run, copied aside and resumed. Both end with the same weights and the
-    same optimizer state as the uninterrupted run."""
+    epoch-2 `last` of the uninterrupted run, copied aside and resumed. Both end with the same weights (the
+    moving average, on by default, and the live ones) and the same optimizer state as the uninterrupted run."""
     straight, snap = tmp_path / "straight", tmp_path / "snap"
 
     def copy_at_epoch_2(event, info):
@@ -93,7 +93,7 @@ def test_resume_mid_epoch_and_from_a_copied_checkpoint_equal_uninterrupted(tmp_p
     with pytest.raises(KeyboardInterrupt, match="--resume"):
         train(lgg, cut, epochs=4, settings=TINY, callback=sigint_at(3, 5), **KW)
     _, state, _ = load_training_state(cut / "last")
-    assert (state["epoch"], state["pos"]) == (2, 5)
+    assert (state["epoch"], state["pos"]) == (2, 5) and state["ema_updates"] == 2 * 16 + 5  # EMA on: the default
     assert_clean(cut)
     train(resume=cut, quiet=True)
     train(resume=snap, quiet=True)
@@ -104,6 +104,8 @@ def test_resume_mid_epoch_and_from_a_copied_checkpoint_equal_uninterrupted(tmp_p
         oa = optimizer_from_tensors(ta, sa["optimizer"])["state"]
         ob = optimizer_from_tensors(tb, sb["optimizer"])["state"]
         assert all(torch.equal(oa[p][k], ob[p][k]) for p in oa for k in oa[p] if torch.is_tensor(oa[p][k]))
+        raw = [k for k in ta if k.startswith("raw.")]
+        assert raw and all(torch.equal(ta[k], tb[k]) for k in raw) and sa["ema_updates"] == sb["ema_updates"]
         assert [r["train_loss"] for r in sa["log"]] == [r["train_loss"] for r in sb["log"]]
 
 
@@ -142,7 +144,10 @@ def test_time_budget_stops_keeps_best_and_counts_time_spent_on_resume(tmp_path, 
     log = (run / "log.csv").read_text().splitlines()[1:]
     dice = [float(r.split(",")[4]) for r in log]
     best = json.loads((run / "best" / "config.json").read_text())
-    assert best["val_dice"] == max(dice) and best["epoch"] == dice.index(max(dice)) + 1 == s["best_epoch"]
+    w = best["select_window"]  # best: the epoch ending the best running mean of w Dice values (the first such)
+    means = [float(np.mean(dice[max(0, i + 1 - w):i + 1])) for i in range(len(dice))]
+    e = means.index(max(means))
+    assert best["val_dice"] == dice[e] == s["best_val_dice"] and best["epoch"] == e + 1 == s["best_epoch"]
     t0 = time.perf_counter()
     s2 = train(resume=run, time_budget_s=10, quiet=True)  # 8 s already spent: about 2 s more
     assert s2["stopped"] == "time budget" and 10.0 <= s2["seconds"] < 13.0 and time.perf_counter() - t0 < 9
@@ -172,6 +177,77 @@ def test_early_stopping_when_dice_cannot_improve(tmp_path, lgg, monkeypatch):
     s = train(lgg, tmp_path / "run", epochs=10, settings={**TINY, "patience": 1}, **KW)
     assert s["epochs"] == 2 and s["stopped"].startswith("early stop") and s["best_epoch"] == 1
     assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 3
+
+
+def test_saved_weights_are_the_moving_average_of_the_live_weights(tmp_path, lgg, monkeypatch):
+    """model.safetensors (what predict uses) and validation get the EMA of the live weights over the steps,
+    with TensorFlow's warm-up min(decay, (1 + n) / (10 + n)) and buffers copied; state.safetensors the live ones."""
+    live, validated, real_validate = [], [], loop_mod.validate
+
+    def record(event, info):
+        if event == "step":
+            live.append((info["model"], {k: v.detach().clone() for k, v in info["model"].state_dict().items()}))
+
+    def spy(module, *a, **k):
+        validated.append((module, {k: v.detach().clone() for k, v in module.state_dict().items()}))
+        return real_validate(module, *a, **k)
+
+    monkeypatch.setattr(loop_mod, "validate", spy)
+    run = tmp_path / "run"
+    train(lgg, run, epochs=2, settings={**TINY, "ema_decay": 0.7}, callback=record, **KW)  # the cap from n = 20
+    module, final = live[-1]
+    params = {k for k, _ in module.named_parameters()}
+    ema = {k: live[0][1][k].double() for k in params}
+    for n, (_, w) in enumerate(live[1:], start=1):
+        d = min(0.7, (1 + n) / (10 + n))
+        ema = {k: d * ema[k] + (1 - d) * w[k].double() for k in params}
+    saved = weights(run)
+    assert saved.keys() == final.keys() and len(live) == 32
+    for k in saved:
+        if k in params:
+            assert torch.allclose(saved[k].double(), ema[k], rtol=1e-5, atol=1e-6), k
+        else:
+            assert torch.equal(saved[k], final[k]), k  # BatchNorm statistics: copied from the live model
+    assert sum(not torch.allclose(saved[k], final[k], rtol=1e-4, atol=1e-5) for k in params) > len(params) // 2
+    tensors, state, _ = load_training_state(run / "last")
+    assert state["ema_updates"] == 32 and all(torch.equal(tensors[f"raw.{k}"], v) for k, v in final.items())
+    assert len(validated) == 2 and all(m is not module for m, _ in validated)
+    assert all(torch.equal(validated[-1][1][k], saved[k]) for k in saved)  # the weights validated are those saved
+
+
+def test_without_ema_the_live_weights_are_saved_as_before(tmp_path, lgg):
+    """ema_decay null + select_window 1 (the settings of version-1 plans): model.safetensors holds the live
+    weights, the state no copy of them, and two runs are identical."""
+    for name in ("a", "b"):
+        live = {}
+
+        def record(event, info):
+            if event == "epoch":
+                live.update({k: v.detach().clone() for k, v in info["model"].state_dict().items()})
+
+        train(lgg, tmp_path / name, epochs=2, settings={**TINY, "ema_decay": None, "select_window": 1},
+              callback=record, **KW)
+        saved = weights(tmp_path / name)
+        assert saved.keys() == live.keys() and all(torch.equal(saved[k], live[k]) for k in live)
+        tensors, state, _ = load_training_state(tmp_path / name / "last")
+        assert not any(k.startswith("raw.") for k in tensors) and "ema_updates" not in state
+    assert_same_weights(tmp_path / "a", tmp_path / "b")
+
+
+@pytest.mark.parametrize("window, best_epoch, bad_epochs", [(3, 9, 1), (1, 4, 6)])
+def test_best_is_the_best_running_mean_not_a_one_epoch_peak(tmp_path, lgg, monkeypatch, window, best_epoch,
+                                                            bad_epochs):
+    """Validation Dice 0.3 0.3 0.3 [0.9] 0.3 0.3 0.6 0.6 0.6 0.3: with select_window 3 the running means are
+    .3 .3 .3 .5 .5 .5 .4 .5 .6 .5, so `best` is epoch 9 (its own Dice 0.6), not the peak of epoch 4 (which
+    window 1 picks); the bad-epoch count of early stopping follows the same rule."""
+    scores = iter([0.3, 0.3, 0.3, 0.9, 0.3, 0.3, 0.6, 0.6, 0.6, 0.3])
+    monkeypatch.setattr(loop_mod, "validate", lambda *a, **k: next(scores))
+    run = tmp_path / "run"
+    s = train(lgg, run, epochs=10, settings={**TINY, "select_window": window}, **KW)
+    best = json.loads((run / "best" / "config.json").read_text())
+    assert (s["best_epoch"], best["epoch"]) == (best_epoch, best_epoch)
+    assert s["best_val_dice"] == best["val_dice"] == (0.6 if window == 3 else 0.9)
+    assert load_training_state(run / "last")[1]["bad_epochs"] == bad_epochs
 
 
 @pytest.mark.parametrize("settings", [

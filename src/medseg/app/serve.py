@@ -36,7 +36,7 @@ from starlette.background import BackgroundTask
 
 from ..evaluation import metrics
 from ..inference.api import Model
-from ..inference.checkpoint import resolve_run
+from ..inference.checkpoint import fold_runs, resolve_run
 from ..errors import MedsegError
 from ..io.images import read_image
 from ..inference.predictor import Predictor, predict_with
@@ -92,8 +92,11 @@ class Service:
         self.capacity = workers + queue  # requests in the pool or waiting for it
         self.active = 0
         self.lock = threading.Lock()
-        folder = resolve_run(self.run)
-        self.run_folder = folder.parent if folder.name in ("best", "last") else folder
+        if fold_runs(self.run) is not None:  # a cross-validated run: its folds' ensemble
+            self.run_folder = self.run
+        else:
+            folder = resolve_run(self.run)
+            self.run_folder = folder.parent if folder.name in ("best", "last") else folder
 
     async def call(self, fn, *args):
         """fn(*args) in the pool; 503 when the pool and its queue are full, 504 after the timeout (the work
@@ -289,7 +292,9 @@ def _add_info_routes(app: FastAPI, svc: Service) -> None:
     def model_info() -> dict:
         keep = ("model", "model_args", "preset", "layout", "unit", "channels", "image_size", "neighbours", "loss",
                 "augmentation", "intensity", "target", "epoch", "val_dice", "medseg_version", "seed")
+        folds = fold_runs(svc.run_folder)
         return {"run": svc.run_folder.name, "config": {k: getattr(plan, k) for k in keep},
+                "ensemble_of_folds": len(folds) if folds else None,
                 "postprocess": svc.predictor.setting, "train_data_fingerprint": _train_fingerprint(plan),
                 "evaluation": _summary(svc.run_folder)}
 

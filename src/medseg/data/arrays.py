@@ -28,7 +28,8 @@ from ..errors import MedsegError
 from ..planning.plan import Plan
 from ..planning.planner import data_settings, settings_for
 from ..io.images import read_image, read_mask
-from ..transforms import resize_image, resize_mask, scale_case
+from ..io.intensity import scale_case
+from ..transforms import resize_image, resize_mask
 
 CACHE_VERSION = 1
 PREP_KEYS = ("channels", "image_size", "intensity", "target_values", "keep_aspect", "intensity_norm")

@@ -34,7 +34,8 @@ from .engines import Bf16Autocast, Ensemble, predict_probs, volume_probs
 from ..data.arrays import stream_with_neighbours
 from ..models import SPATIAL_DIMS, fold_batchnorm
 from ..planning.plan import Plan
-from ..transforms import resize_image, scale_case, unfit
+from ..io.intensity import scale_case
+from ..transforms import resize_image, unfit
 
 
 console = Console(stderr=True)

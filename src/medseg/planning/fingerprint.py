@@ -26,6 +26,12 @@ SAMPLE_PER_IMAGE = 10_000  # pixels per image and channel pooled for the percent
 MAX_SAMPLES = 2_000_000  # pooled pixels per channel at most (percentiles of 10 M values cost seconds)
 MAX_SUBGROUP_VALUES = 12  # a meta key with more distinct values is not a subgroup (age, ids)
 MAX_MASK_VALUES = 64  # beyond this many distinct mask values, only their count is kept
+# Per-case intensity spread (MRI, ultrasound: no absolute scale, the same tissue differs 2-4x between scanners):
+# each case's 99th percentile of body pixels by transforms.case_percentiles, the statistic intensity_norm=case
+# scales by, over at most CASE_SAMPLE_PER_IMAGE pixels of each of its images (every k-th beyond).
+CASE_SAMPLE_PER_IMAGE = 65_536
+SPREAD_WARN = 2.0  # p90/p10 of the per-case percentiles above this: a finding
+HU_NOTE = "HU scale, not applicable"
 
 
 def _luma(arr: np.ndarray) -> np.ndarray:
@@ -151,6 +157,10 @@ class _Scan:
     empty_images: int = 0
     read_ok: int = 0
     case_fg: dict[str, bool] = field(default_factory=dict)
+    case_spread: bool = True  # gather the per-case percentiles (not for a CT window: HU are absolute)
+    case_left: Counter = field(default_factory=Counter)  # items of each case not scanned yet
+    case_images: dict[str, list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
+    case_p99: dict[str, np.ndarray] = field(default_factory=dict)  # per channel, cases with body pixels
 
     def problem(self, kind: str, path, detail: str) -> None:
         """Record one problem found in a file (or in none)."""
@@ -167,12 +177,15 @@ def fingerprint(data: str | Path | DataSet, layout: str = "auto", target: str | 
     t0 = time.perf_counter()
     ds = data if isinstance(data, DataSet) else load_dataset(data, layout, target)
     scan = _Scan(problems=[{"kind": "adapter", "file": str(ds.root), "detail": p} for p in ds.problems],
-                 raw_samples=[[] for _ in range(ds.channels)], unit_samples=[[] for _ in range(ds.channels)])
+                 raw_samples=[[] for _ in range(ds.channels)], unit_samples=[[] for _ in range(ds.channels)],
+                 case_spread=ds.intensity.get("mode", "range") != "window",
+                 case_left=Counter(it.case for it in ds.items))
     with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
         task = bar.add_task(f"inspecting {len(ds.items)} images", total=len(ds.items))
         for it in ds.items:
             bar.advance(task)
             _scan_item(ds, it, scan)
+            _case_done(it.case, scan)
     _duplicates(ds, scan.by_hash, scan.case_hashes, scan.problem)
     return _result(ds, scan, t0)
 
@@ -199,11 +212,28 @@ def _scan_item(ds: DataSet, it: Item, s: _Scan) -> None:
     s.read_ok += 1
     for c in range(ds.channels):
         s.unit_samples[c].append(_sample(img[c]))
+    if s.case_spread:
+        flat = img.reshape(img.shape[0], -1)
+        s.case_images[it.case].append(np.array(flat[:, :: max(1, flat.shape[1] // CASE_SAMPLE_PER_IMAGE)],
+                                               dtype=np.float32))
     n_fg = int(fg.sum())
     s.fg_pixels += n_fg
     s.total_pixels += fg.size
     s.empty_images += n_fg == 0
     s.case_fg[it.case] = s.case_fg.get(it.case, False) or n_fg > 0
+
+
+def _case_done(case: str, s: _Scan) -> None:
+    """Count one item of a case as scanned; after its last one, its percentiles (and its pixels freed)."""
+    from ..io.intensity import case_percentiles
+
+    s.case_left[case] -= 1
+    if s.case_left[case] > 0:
+        return
+    images = s.case_images.pop(case, None)
+    hi = case_percentiles(images) if images else None
+    if hi is not None:
+        s.case_p99[case] = hi
 
 
 def _scan_image(ds: DataSet, it: Item, raw: np.ndarray, s: _Scan) -> bool:
@@ -280,6 +310,8 @@ def _result(ds: DataSet, s: _Scan, t0: float) -> dict:
     """The fingerprint dict (JSON-able) from a finished scan."""
     names = channel_names(ds)
     mask_kind = None
+    spread = _case_intensity(ds, s, names)
+    _spread_problems(spread, s)
     if s.mask_values:
         mask_kind = "binary" if s.all_binary else "multi-class" if ds.target_values else "non-binary"
     out = {
@@ -313,6 +345,7 @@ def _result(ds: DataSet, s: _Scan, t0: float) -> dict:
         "mask_values": {"values": None if s.mask_value_overflow else sorted(s.mask_values),
                         "distinct": len(s.mask_values) if not s.mask_value_overflow else f">{MAX_MASK_VALUES}",
                         "kind": mask_kind},
+        "case_intensity": spread,
         "subgroups": subgroups(ds),
         "subgroup_unit": "patient" if ds.unit == "patient" else "case",
         "problems": s.problems,
@@ -320,6 +353,36 @@ def _result(ds: DataSet, s: _Scan, t0: float) -> dict:
     }
     return out
 
+
+def _case_intensity(ds: DataSet, s: _Scan, names: list[str]) -> dict | None:
+    """Per channel: the spread over cases of their body pixels' 99th percentile ([0, 1] values); None where
+    no case has body pixels. Under a CT window HU are absolute: the note says so instead."""
+    if not s.case_spread:
+        return {name: {"note": HU_NOTE} for name in names}
+    if not s.case_p99:
+        return None
+    per_case = np.array(list(s.case_p99.values()), dtype=np.float64)  # cases x channels
+    out = {}
+    for c, name in enumerate(names):
+        v = per_case[:, c][per_case[:, c] > 1e-6]  # a channel all zero in a case has no scale to compare
+        if not v.size:
+            continue
+        p10, p90 = (float(x) for x in np.percentile(v, [10, 90]))
+        out[name] = {"cases": int(v.size), **_stats(v), "p10": p10, "p90": p90,
+                     "ratio_max_min": float(v.max() / v.min()), "ratio_90_10": p90 / p10}
+    return out or None
+
+
+def _spread_problems(spread: dict | None, s: _Scan) -> None:
+    """A finding per channel whose cases' p90/p10 ratio exceeds SPREAD_WARN."""
+    for name, r in (spread or {}).items():
+        if r.get("ratio_90_10", 0.0) > SPREAD_WARN:
+            s.problem("intensity spread", None, (
+                f"{name}: the 99th percentile of each case's body pixels spans {r['min']:.3f}..{r['max']:.3f} "
+                f"([0, 1] values, {r['cases']} cases): p90/p10 ratio {r['ratio_90_10']:.2f}, max/min "
+                f"{r['ratio_max_min']:.2f}. medseg scales each case by its own statistics (plan setting "
+                "intensity_norm=case, the default for such data); a model trained with intensity_norm=none "
+                "would be sensitive to this spread"))
 
 
 def _duplicates(ds: DataSet, by_hash: dict, case_hashes: dict, problem) -> None:
@@ -428,7 +491,23 @@ def _intensity_table(fp: dict):
         it.add_row(r["channel"], " / ".join(_num(r[k]) for k in ("p0.5", "p50", "p99.5")),
                    f"{_num(r['min'])}..{_num(r['max'])}",
                    " / ".join(f"{u[k]:.3f}" for k in ("p0.5", "p50", "p99.5")) if u else "-")
+    _case_rows(it, fp.get("case_intensity"))
     return it
+
+
+def _case_rows(table, spread: dict | None) -> None:
+    """Rows of the per-case spread of each channel's 99th percentile of body pixels (fingerprint's case_intensity)."""
+    if not spread:
+        return
+    table.add_section()
+    for name, r in spread.items():
+        text = r["note"] if "note" in r else (f"{r['min']:.3f} / {r['median']:.3f} / {r['max']:.3f}; "
+                                              f"max/min {r['ratio_max_min']:.2f}, p90/p10 {r['ratio_90_10']:.2f}")
+        table.add_row(name, "case p99 (body)", "-", text)
+    cases = max((r.get("cases", 0) for r in spread.values()), default=0)
+    if cases:
+        table.caption = (f"case p99 (body): each case's 99th percentile of its body pixels ([0, 1] values), "
+                         f"min / median / max over {cases} cases and their ratios")
 
 
 def _subgroup_table(fp: dict):

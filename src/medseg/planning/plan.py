@@ -184,6 +184,8 @@ class Plan:
                 _check_range(f.name, getattr(self, f.name), *f.metadata["range"])
         if self.sampling not in SAMPLINGS:
             raise MedsegError(None, f"unknown sampling {self.sampling!r}; known: {', '.join(SAMPLINGS)}")
+        if not isinstance(self.select_window, int) or isinstance(self.select_window, bool):
+            raise MedsegError(None, f"select_window must be a whole number of epochs >= 1, got {self.select_window!r}")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise MedsegError(None, f"patience must be a whole number of epochs >= 1 or null, got {self.patience!r}")
         if not self.time_budget_s and not self.epochs:

@@ -57,15 +57,16 @@ class CsvLog(Callback):
 
 
 class Checkpoints(Callback):
-    """RUN/last after every epoch, RUN/best when the validation Dice improved, each with the training state."""
+    """RUN/last after every epoch, RUN/best when the selection improved (training.loop), each with the training
+    state; model.safetensors holds the validated weights (the moving average when on)."""
 
     def __init__(self, run: Path):
         self.run = run
 
     def on_epoch_end(self, loop, row):
-        save_training_checkpoint(self.run / "last", loop.module, loop.config(row["val_dice"]), *loop.snap)
+        save_training_checkpoint(self.run / "last", loop.eval_module, loop.config(row["val_dice"]), *loop.snap)
         if loop.improved:
-            save_training_checkpoint(self.run / "best", loop.module, loop.config(row["val_dice"]), *loop.snap)
+            save_training_checkpoint(self.run / "best", loop.eval_module, loop.config(row["val_dice"]), *loop.snap)
 
 
 class TensorBoard(Callback):
@@ -101,10 +102,10 @@ class TensorBoard(Callback):
 
 @torch.inference_mode()
 def _val_overlay(loop, i: int) -> np.ndarray:
-    va, plan = loop.feed.va, loop.plan
-    loop.module.eval()
+    va, plan, model = loop.feed.va, loop.plan, loop.eval_module  # the weights validated
+    model.eval()
     x = normalize(va.images[i:i + 1].float() / 255, plan.mean, plan.std).to(loop.device)
-    p = torch.sigmoid(loop.module(x.contiguous(memory_format=torch.channels_last)))[0, 0] >= plan.threshold
+    p = torch.sigmoid(model(x.contiguous(memory_format=torch.channels_last)))[0, 0] >= plan.threshold
     img = va.images[i].float().numpy() / 255
     pic = overlay(img if img.shape[0] == 3 else img[:1], va.masks[i, 0].numpy() > 0, p.cpu().numpy(), 10 ** 6)
     return pic.astype(np.float32) / 255
@@ -139,20 +140,22 @@ class ConsoleStatus(Callback):
 
 class UserCallback(Callback):
     """`callback(event, info)` of the caller: "step" after every optimizer step, "epoch" after every epoch
-    (the log row and `model`, the unwrapped module); for other front ends and for tests."""
+    (the log row); both with `model`, the unwrapped live module (not its moving average); for other front ends
+    and for tests."""
 
     def __init__(self, fn: Callable[[str, dict], None]):
         self.fn = fn
 
     def on_step(self, loop, info):
-        self.fn("step", {"epoch": info["epoch"], "step": info["step"], "loss": info["loss"]})
+        self.fn("step", {"epoch": info["epoch"], "step": info["step"], "loss": info["loss"], "model": loop.module})
 
     def on_epoch_end(self, loop, row):
         self.fn("epoch", {**row, "model": loop.module})
 
 
 class EarlyStopping(Callback):
-    """Stop when the validation Dice has not improved for `patience` epochs."""
+    """Stop when the selection (training.loop: running mean of select_window validation Dice values) has not
+    improved for `patience` epochs."""
 
     def __init__(self, patience: int | None):
         self.patience = patience

@@ -1,10 +1,13 @@
 """The training loop: epochs of optimizer steps until the budget, the epoch count or a stop; side work in callbacks.
 
 The learning rate follows the plan's schedule (optim.py) over the *fraction of the run done*, so a 5-minute and a
-2-hour run both end fully annealed. After each epoch the validation patients are scored (training.validation);
-the callbacks then log, checkpoint and decide about early stopping. Every random state is part of the
-checkpoint (training.rng, training.state), so a resumed run continues exactly. Under DDP each rank takes a
-disjoint share of every epoch's draws, rank 0 alone writes files, and every stop decision is rank 0's.
+2-hour run both end fully annealed. With `ema_decay` an exponential moving average of the weights follows the
+steps (training.ema): it is what is validated and saved as model.safetensors. After each epoch the validation
+patients are scored (training.validation); `best` is the epoch ending the best running mean of the last
+`select_window` validation Dice values. The callbacks then log, checkpoint and decide about early stopping. Every
+random state is part of the checkpoint (training.rng, training.state), so a resumed run continues exactly.
+Under DDP each rank takes a disjoint share of every epoch's draws, rank 0 alone writes files, and every stop
+decision is rank 0's.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ from ..planning.plan import Plan
 from ..transforms import augmentation, normalize
 from .callbacks import Callback, Interrupt, console
 from .dist import Dist
+from .ema import Ema
 from .losses import build_loss
 from .optim import build_optimizer, build_schedule
 from .rng import augmenter_state, capture_rng, restore_rng, set_augmenter_state
 from .speed import PREFETCH_DEPTH, compiles, prefetches, uses_bf16
-from .state import load_training_state, optimizer_from_tensors, optimizer_to_tensors, save_training_checkpoint
+from .state import (RAW, load_training_state, optimizer_from_tensors, optimizer_to_tensors,
+                    save_training_checkpoint)
 from .validation import validate, validate_volumes
 
 
@@ -44,11 +49,12 @@ class LoopState:
 
     epoch: int = 0
     step: int = 0
-    best: float = -1.0
+    best: float = -1.0  # the selected epoch's own validation Dice
     best_epoch: int = 0
     bad_epochs: int = 0
     elapsed0: float = 0.0  # seconds spent before this process started (a resumed run)
     log: list = field(default_factory=list)
+    best_score: float = -1.0  # the selected epoch's running mean of select_window validation Dice values
 
 
 class SliceFeed:
@@ -111,6 +117,7 @@ class Loop:
         self.three_d = SPATIAL_DIMS.get(plan.model, 2) == 3
         self.fmt = torch.contiguous_format if self.three_d else torch.channels_last  # channels_last: 4D only
         self.module = module.to(device=self.device, memory_format=self.fmt)
+        self.ema = Ema(self.module, plan.ema_decay) if plan.ema_decay is not None else None
         if d.rank:  # ranks share the initial weights (DDP also broadcasts them) but not their dropout draws
             torch.manual_seed(seed + 7919 * d.rank)
         self.rng = np.random.default_rng(seed)  # the same on every rank: all draw one epoch, then take a share
@@ -133,11 +140,17 @@ class Loop:
     def resume_from(self, last: Path) -> None:
         """Weights, optimizer, schedule, loop state and random streams of the checkpoint `last`."""
         tensors, st, weights = load_training_state(last)
-        self.module.load_state_dict(weights)
+        raw = {k[len(RAW):]: v for k, v in tensors.items() if k.startswith(RAW)}
+        self.module.load_state_dict(raw or weights)  # without raw.* (EMA off) the saved weights are the live ones
+        if self.ema is not None and raw:
+            self.ema.load(weights, st["ema_updates"])
         self.opt.load_state_dict(optimizer_from_tensors(tensors, st["optimizer"]))
         self.schedule.load_state_dict(st["schedule"])
-        self.state = LoopState(st["epoch"], st["step"], float("nan") if st["best"] is None else st["best"],
-                               st["best_epoch"], st["bad_epochs"], st["elapsed_s"], st["log"])
+        nan = float("nan")
+        best = nan if st["best"] is None else st["best"]
+        score = st.get("best_score", st["best"])  # older state.json: the single best epoch was selected
+        self.state = LoopState(st["epoch"], st["step"], best, st["best_epoch"], st["bad_epochs"], st["elapsed_s"],
+                               st["log"], nan if score is None else score)
         d = self.d
         if d.rank < len(st["rng"]):
             restore_rng(tensors, st["rng"][d.rank], f"rng.{d.rank}.", self.rng, self.augment)
@@ -162,8 +175,14 @@ class Loop:
         return min(1.0, max(p_time, p_epoch))
 
     # -------------------------------------------------------------------------------------------- snapshots
+    @property
+    def eval_module(self) -> torch.nn.Module:
+        """The weights validated and saved as model.safetensors: the EMA when on, else the live module."""
+        return self.module if self.ema is None else self.ema.module
+
     def snapshot(self, indices, pos: int, losses: list, seen: int):
-        """(tensors, state) of this moment on rank 0 (None elsewhere); every rank must call it (RNG gather)."""
+        """(tensors, state) of this moment on rank 0 (None elsewhere); every rank must call it (RNG gather).
+        With EMA the live weights are in it as raw.* (model.safetensors gets the averaged ones)."""
         d, s = self.d, self.state
         rngs = d.gather(capture_rng(self.rng, self.augment))
         if not d.main:
@@ -176,7 +195,11 @@ class Loop:
         state = {"epoch": s.epoch, "step": s.step, "pos": pos, "best": None if s.best != s.best else s.best,
                  "best_epoch": s.best_epoch, "bad_epochs": s.bad_epochs, "elapsed_s": self.elapsed(), "log": s.log,
                  "schedule": self.schedule.state_dict(), "optimizer": index, "rng": [p["json"] for p in rngs],
-                 "world_size": d.world, "epoch_losses": losses, "epoch_seen": seen, "seed": self.plan.seed}
+                 "world_size": d.world, "epoch_losses": losses, "epoch_seen": seen, "seed": self.plan.seed,
+                 "best_score": None if s.best_score != s.best_score else s.best_score}
+        if self.ema is not None:
+            tensors.update({f"{RAW}{k}": v for k, v in self.module.state_dict().items()})
+            state["ema_updates"] = self.ema.updates
         return tensors, state
 
     def config(self, val_dice) -> Plan:
@@ -230,7 +253,7 @@ class Loop:
             snap = self.snapshot(indices, pos, losses, seen)
             if d.main:
                 last = self.state.log[-1]["val_dice"] if self.state.log else None
-                save_training_checkpoint(self.run / "last", self.module, self.config(last), *snap)
+                save_training_checkpoint(self.run / "last", self.eval_module, self.config(last), *snap)
             raise Stopped(f"at step {pos} of epoch {self.state.epoch + 1}")
         self._end_epoch(t0, seen0, seen, losses)
         if d.max([float(self.interrupted.flag)])[0]:
@@ -260,6 +283,8 @@ class Loop:
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
+                if self.ema is not None:
+                    self.ema.update(self.module)
                 losses.append(loss.item())
                 seen += len(x)
                 pos += 1
@@ -281,9 +306,10 @@ class Loop:
         d, s = self.d, self.state
         s.epoch += 1
         if d.world > 1:  # BatchNorm statistics drift apart per rank: validate rank 0's model everywhere
-            for b in self.module.buffers():
+            averaged = list(self.ema.module.buffers()) if self.ema is not None else []
+            for b in list(self.module.buffers()) + averaged:
                 torch_dist.broadcast(b, 0)
-        val_dice = self.feed.validate(self.module, self.device, d) if self.feed.va.items else float("nan")
+        val_dice = self.feed.validate(self.eval_module, self.device, d) if self.feed.va.items else float("nan")
         loss_sum, n_loss, n_seen = d.sum([float(np.sum(losses)), float(len(losses)), float(seen)])
         dt = time.perf_counter() - t0
         new_samples = d.sum([float(seen - seen0)])[0]
@@ -292,15 +318,23 @@ class Loop:
                "train_loss": loss_sum / max(n_loss, 1), "val_dice": val_dice,
                "samples_per_s": new_samples / max(dt, 1e-9), "samples": int(n_seen)}
         s.log.append(row)
-        self.improved = not self.feed.va.items or val_dice > s.best
-        if self.improved:
-            s.best, s.best_epoch, s.bad_epochs = val_dice, s.epoch, 0
-        else:
-            s.bad_epochs += 1
+        self._select(val_dice)
         self.schedule.epoch_end(val_dice)
         self.snap = self.snapshot(None, 0, [], 0)
         for cb in self.callbacks:
             cb.on_epoch_end(self, row)
+
+    def _select(self, val_dice: float) -> None:
+        """`improved` (write `best`; the bad-epoch count restarts) when the mean of the last select_window
+        validation Dice values (fewer in the first epochs) beats the best such mean so far, so a one-epoch
+        peak alone does not win; with select_window 1 the single best epoch, as before."""
+        s = self.state
+        score = float(np.mean([r["val_dice"] for r in s.log[-int(self.plan.select_window):]]))
+        self.improved = not self.feed.va.items or score > s.best_score
+        if self.improved:
+            s.best, s.best_score, s.best_epoch, s.bad_epochs = val_dice, score, s.epoch, 0
+        else:
+            s.bad_epochs += 1
 
     def summary(self) -> dict:
         s, run = self.state, self.run

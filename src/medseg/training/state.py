@@ -1,7 +1,8 @@
 """The training state beside a checkpoint's weights, so `medseg train --resume` continues exactly.
 
-`state.safetensors` (optimizer tensors, RNG states, the current epoch's draws) + `state.json` (everything
-else, and the index saying which tensor is which). Such a folder is written whole into a temporary sibling and
+`state.safetensors` (optimizer tensors, RNG states, the current epoch's draws; with a weight average (training.ema)
+also the live weights as "raw.*", model.safetensors holding the average) + `state.json` (everything else, and
+the index saying which tensor is which). Such a folder is written whole into a temporary sibling and
 swapped in by renames, so model and state always come from the same moment. Never pickles.
 """
 
@@ -22,6 +23,7 @@ from ..inference.checkpoint import WEIGHTS, save_checkpoint
 
 STATE, STATE_INDEX = "state.safetensors", "state.json"
 STATE_FORMAT = 1
+RAW = "raw."  # state tensor prefix of the live weights when model.safetensors holds their moving average
 
 
 def save_training_checkpoint(folder: Path, model: torch.nn.Module, config: dict, tensors: dict[str, torch.Tensor],

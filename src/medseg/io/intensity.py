@@ -1,0 +1,47 @@
+"""Per-case intensity scaling, numpy only (so `medseg inspect` reports it without importing torch)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+# Per-case intensity scaling (plan.intensity_norm = "case"). MRI and ultrasound carry no absolute scale: the same
+# tissue differs 2-4x between scanners, so each case (a 2D image, or a patient's whole slice stack: never slice
+# by slice, or a slice without lesion would be stretched until its normal tissue looks like one) is scaled so
+# that the 99th percentile of its body pixels, per channel, lands at CASE_TARGET. Body pixels are those above
+# BODY_FRACTION of the case's 99.9th percentile, a threshold that scales with the image, so a case multiplied
+# by any factor is scaled to the same values. Written here because MONAI's ScaleIntensityRangePercentiles works
+# on one array: this needs one statistic over all slices of a case, on a body mask.
+CASE_QUANTILE, CASE_TARGET, BODY_FRACTION = 99.0, 0.75, 0.05
+CASE_SAMPLES = 1_000_000  # pixels per channel at most for the percentile (every k-th pixel beyond)
+
+
+def case_percentiles(images: list[np.ndarray]) -> np.ndarray | None:
+    """Per-channel CASE_QUANTILE of one case's body pixels, for its C x H x W float images (all with C channels,
+    any sizes); None where the case has no body (all zero). `medseg inspect` reports their spread."""
+    c = images[0].shape[0]
+    flat = np.concatenate([np.asarray(im, dtype=np.float32).reshape(c, -1) for im in images], axis=1)
+    step = max(1, flat.shape[1] // CASE_SAMPLES)
+    flat = flat[:, ::step]
+    level = flat.mean(0)
+    top = float(np.percentile(level, 99.9)) if level.size else 0.0
+    body = level > BODY_FRACTION * top
+    if top <= 0 or not body.any():
+        return None
+    return np.percentile(flat[:, body], CASE_QUANTILE, axis=1)
+
+
+def case_factors(images: list[np.ndarray]) -> np.ndarray:
+    """Per-channel factors for one case's C x H x W float images (all with C channels, any sizes)."""
+    hi = case_percentiles(images)
+    if hi is None:
+        return np.ones(images[0].shape[0], dtype=np.float32)
+    return np.where(hi > 1e-6, CASE_TARGET / np.maximum(hi, 1e-6), 1.0).astype(np.float32)
+
+
+def scale_case(images: list[np.ndarray], rule: str | None) -> list[np.ndarray]:
+    """One case's images scaled by the plan's rule ("case": case_factors, clipped to [0, 1]; "none": as is)."""
+    if rule != "case" or not images:
+        return images
+    f = case_factors(images)[:, None, None]
+    return [np.clip(np.asarray(im, dtype=np.float32) * f, 0.0, 1.0) for im in images]
