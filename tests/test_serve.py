@@ -1,12 +1,17 @@
 """`medseg serve`: the real app on 127.0.0.1 (uvicorn in a thread), spoken to over HTTP with httpx.
 
 Two small runs: one on a BUSI replica (2D images) and one on a 3D-IRCADb replica (CT, DICOM series and
-NIfTI volumes). Every format in and out, metrics against a sent truth, and the 4xx/5xx answers."""
+NIfTI volumes). Every format in and out, metrics against a sent truth, the 4xx/5xx answers, and access:
+the bearer token on every route but /health and the page shells, no binding beyond loopback without one, no
+machine paths in any answer."""
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 import zipfile
@@ -21,15 +26,16 @@ import SimpleITK as sitk
 import tifffile
 from PIL import Image
 
-from medseg.evaluation import metrics
 from medseg.inference.predictor import predict_files
-from medseg.app.serve import create_app, sniff
+from medseg.app.serve import create_app, is_loopback, sniff
 from runs import train
 
 from conftest import run_cli, write_busi_replica
 from replica_ircadb import write_ircadb_replica
 
 TINY = {"model_args": {"features": [8, 16, 32], "res_units": 1}, "time_budget_s": None}
+TOKEN = "test-token-4f9c2a7e1b"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def free_port() -> int:
@@ -68,6 +74,16 @@ def runs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def evaluated(runs):
+    """A copy of the BUSI run with its evaluation (RUN/eval: metrics.json, cases.csv, report.html)."""
+    from medseg.evaluation.evaluate import evaluate
+    run = runs["root"] / "busi_evaluated"
+    shutil.copytree(runs["busi_run"], run)
+    evaluate(run, quiet=True)
+    return run
+
+
+@pytest.fixture(scope="module")
 def busi_url(runs):
     with live(create_app(runs["busi_run"])) as url:
         yield url
@@ -79,11 +95,12 @@ def ct_url(runs):
         yield url
 
 
-def _post(url: str, data: bytes, name: str = "upload", truth: bytes | None = None, **params) -> httpx.Response:
+def _post(url: str, data: bytes, name: str = "upload", truth: bytes | None = None, headers: dict | None = None,
+          **params) -> httpx.Response:
     files = {"file": (name, data)}
     if truth is not None:
         files["truth"] = ("truth", truth)
-    return httpx.post(f"{url}/predict", files=files, params=params, timeout=60)
+    return httpx.post(f"{url}/predict", files=files, params=params, headers=headers, timeout=60)
 
 
 def _image(busi: Path) -> Path:
@@ -132,21 +149,30 @@ def test_truth_gives_metrics(busi_url, runs):
     got = r.json()
     pred = np.asarray(Image.open(io.BytesIO(_post(busi_url, src.read_bytes()).content))) > 0
     gt = np.asarray(Image.open(truth).convert("L")) > 0
-    want = metrics.scores(metrics.counts(pred, gt))
-    assert got["dice"] == pytest.approx(want["dice"]) and got["gt_pixels"] == int(gt.sum())
+    inter = int(np.logical_and(pred, gt).sum())
+    assert gt.sum() > 0 and pred.sum() > 0 and inter > 0  # not the degenerate empty cases
+    assert got["dice"] == pytest.approx(2 * inter / (int(pred.sum()) + int(gt.sum())))  # 2|A∩B| / (|A| + |B|)
+    assert got["iou"] == pytest.approx(inter / int(np.logical_or(pred, gt).sum()))
+    assert got["gt_pixels"] == int(gt.sum()) and got["pred_pixels"] == int(pred.sum())
 
 
-def test_zipped_dicom_series_gives_dicom_seg_and_nifti_gives_nifti(ct_url, runs, tmp_path):
+def test_zipped_dicom_series_gives_dicom_seg_and_nifti_gives_nifti(ct_url, runs, tmp_path, monkeypatch):
     series = runs["ct"] / "3Dircadb1.1" / "PATIENT_DICOM"
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         for f in sorted(series.iterdir()):
             z.write(f, f"../../evil/{f.name}")  # archive paths are never used as paths
+    server_tmp = tmp_path / "server-tmp"
+    server_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(server_tmp))  # the server (this process) unpacks under it
     r = _post(ct_url, buf.getvalue(), name="series.zip")
+    # unpacked by their archive paths, the members would land in server-tmp/evil (../.. from the upload's
+    # folder server-tmp/medseg-serve-*/file): nothing may be written outside the medseg-serve-* folders
+    assert not [top for top, dirs, names in os.walk(tmp_path) if "evil" in dirs + names]
+    assert all(p.name.startswith("medseg-serve-") for p in server_tmp.iterdir())
     assert r.status_code == 200, r.text
     seg = pydicom.dcmread(io.BytesIO(r.content))
     assert seg.Modality == "SEG" and len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 6
-    assert not (tmp_path.parent / "evil").exists()
     vol = np.stack([pydicom.dcmread(f).pixel_array for f in sorted(series.iterdir())]).astype(np.int16)
     img = sitk.GetImageFromArray(vol)
     img.SetSpacing((0.7, 0.7, 2.0))
@@ -198,12 +224,17 @@ def test_limits_413_503_504(runs, monkeypatch):
         assert r.status_code == 413 and "upload limit" in r.json()["detail"]
     slow = create_app(runs["busi_run"], timeout_s=0.3, workers=1, queue=0)
     original = serve.Service.predict_file
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
 
-    def sleepy(self, *a):
-        time.sleep(1.0)
-        return original(self, *a)
+    def held(self, *a):  # the only worker, held until the test lets it go: no wall-clock race decides the order
+        started.set()
+        release.wait(120)
+        try:
+            return original(self, *a)
+        finally:
+            finished.set()
 
-    monkeypatch.setattr(serve.Service, "predict_file", sleepy)
+    monkeypatch.setattr(serve.Service, "predict_file", held)
     with live(slow) as url:
         results = {}
 
@@ -211,11 +242,16 @@ def test_limits_413_503_504(runs, monkeypatch):
             results["first"] = _post(url, png).status_code
         t = threading.Thread(target=first)
         t.start()
-        time.sleep(0.15)
-        results["second"] = _post(url, png).status_code  # the only worker is busy, no queue: 503 at once
-        t.join()
+        assert started.wait(60)  # the first request holds the only worker
+        results["second"] = _post(url, png).status_code  # no queue: 503 at once
+        t.join(60)  # the first can end only by its timeout: its work waits for `release`
         assert results == {"first": 504, "second": 503}
-        time.sleep(1.0)  # the timed-out work finishes and frees its place
+        assert httpx.get(f"{url}/health").json()["active"] == 1  # the timed-out work still holds its place
+        release.set()
+        assert finished.wait(60)
+        deadline = time.monotonic() + 30  # the place is freed by the event loop right after the work ends
+        while httpx.get(f"{url}/health").json()["active"] and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert httpx.get(f"{url}/health").json()["active"] == 0
 
 
@@ -231,40 +267,132 @@ def test_serve_cli_rejects_bad_options(runs, capsys):
     assert "--workers" in capsys.readouterr().err
 
 
+# ------------------------------------------------------------------------------------------ access
+OPEN = {"/health", "/", "/eval", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}  # shells, no data
+
+
+def test_every_route_but_health_and_the_page_shells_needs_the_token(evaluated, runs):
+    """Every route of the app, found by iterating over app.routes: without the token 401 (JSON detail and
+    WWW-Authenticate: Bearer), with a wrong one 401, with the right one 200; the open ones hold no run data."""
+    app = create_app(evaluated, token=TOKEN)
+    png = _image(runs["busi"]).read_bytes()
+    wrong = [{"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {TOKEN}x"},
+             {"Authorization": f"Bearer {TOKEN[:-1]}"}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": TOKEN}]
+    seen = set()
+    with live(app) as url:
+        for route in app.routes:
+            for method in sorted(set(getattr(route, "methods", None) or ()) - {"HEAD"}):
+                seen.add(route.path)
+                upload = {"files": {"file": ("x.png", png)}} if method == "POST" else {}
+                r = httpx.request(method, url + route.path, timeout=60, **upload)
+                if route.path in OPEN:
+                    assert r.status_code == 200, route.path
+                    assert evaluated.name not in r.text and "benign (" not in r.text, route.path
+                    continue
+                assert r.status_code == 401, (method, route.path, r.status_code)
+                assert r.headers["www-authenticate"] == "Bearer" and "token" in r.json()["detail"]
+                for headers in wrong:
+                    assert httpx.request(method, url + route.path, headers=headers, timeout=60, **upload
+                                         ).status_code == 401, (route.path, headers)
+                ok = httpx.request(method, url + route.path, headers=AUTH, timeout=60, **upload)
+                assert ok.status_code == 200, (method, route.path, ok.text[:200])
+        spec = httpx.get(f"{url}/openapi.json").json()
+    assert seen >= {"/predict", "/view", "/model", "/eval/cases", "/eval/report"} | OPEN - {"/redoc"}
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert spec["paths"]["/model"]["get"]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in spec["paths"]["/health"]["get"]
+
+
+def test_model_and_eval_never_name_a_path_of_this_machine(evaluated, runs, tmp_path_factory):
+    """The run's plan, metrics.json and report name the data folder by its absolute path; what the service
+    returns names it by its last part only."""
+    base = {str(tmp_path_factory.getbasetemp()), str(tmp_path_factory.getbasetemp().resolve())}
+    stored = (evaluated / "plan.json").read_text() + (evaluated / "eval" / "metrics.json").read_text()
+    assert all(b in stored and b in (evaluated / "eval" / "report.html").read_text() for b in base)  # can fail
+    for token, headers in ((None, None), (TOKEN, AUTH)):
+        with live(create_app(evaluated, token=token)) as url:
+            for path in ("/model", "/eval", "/eval/cases", "/eval/report", "/openapi.json"):
+                r = httpx.get(url + path, headers=headers, timeout=60)
+                assert r.status_code == 200, (path, r.text[:200])
+                assert not [b for b in base if b in r.text], path
+            m = httpx.get(f"{url}/model", headers=headers).json()
+            assert m["evaluation"]["fingerprint"]["root"] == runs["busi"].name
+            assert m["train_data_fingerprint"]["data"] == runs["busi"].name
+            cases = httpx.get(f"{url}/eval/cases", headers=headers).json()
+            assert cases["rows"] and cases["columns"][0] == "case"
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_a_token(runs, capsys, monkeypatch):
+    """`medseg serve RUN --host 0.0.0.0` without a token: one line, exit 2, nothing started; with --insecure
+    or a token (MEDSEG_TOKEN) it goes on to start uvicorn (recorded here, not run)."""
+    import uvicorn
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.delenv("MEDSEG_TOKEN", raising=False)
+    run = str(runs["busi_run"])
+    for host in ("0.0.0.0", "::", "192.168.1.7", "example.org"):
+        capsys.readouterr()
+        assert run_cli("serve", run, "--host", host) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and "--token" in err[0] and "--insecure" in err[0], err
+        assert not calls
+    assert run_cli("serve", run, "--token", "has space") == 2 and "printable ASCII" in capsys.readouterr().err
+    assert run_cli("serve", run, "--host", "0.0.0.0", "--insecure", "--port", "8765") == 0 and len(calls) == 1
+    assert calls[0][1]["host"] == "0.0.0.0" and calls[0][1]["port"] == 8765
+    monkeypatch.setenv("MEDSEG_TOKEN", TOKEN)
+    assert run_cli("serve", run, "--host", "0.0.0.0") == 0 and len(calls) == 2
+    with live(calls[1][0]) as url:  # the app it would have served wants the token
+        assert httpx.get(f"{url}/model").status_code == 401
+        assert httpx.get(f"{url}/model", headers=AUTH).status_code == 200
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost", "LocalHost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "", "10.0.0.1", "128.0.0.1", "localhost.example"))
+
+
 # ------------------------------------------------------------------------------------------ browser
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
-def test_viewer_in_headless_chromium_shows_the_overlay(runs, tmp_path):
-    """Upload a real BUSI image (the replica where ../shared is absent) through the page's file input, wait
-    for the overlay, check that red mask pixels are drawn over the image, and save a screenshot."""
+def _chromium(tmp_path: Path):
+    """Headless Debian chromium through chromedriver; skips where they are not installed."""
     if not CHROMEDRIVER.exists() or not Path("/usr/bin/chromium").exists():
         pytest.skip("Debian's chromium and chromium-driver are not installed (`make test` installs them as root)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service as DriverService
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    from conftest import SHARED
-    real = SHARED / "busi-dev" / "Dataset_BUSI_with_GT" / "benign" / "benign (10).png"
-    image = real if real.exists() else _image(runs["busi"])
     opts = webdriver.ChromeOptions()
     opts.binary_location = "/usr/bin/chromium"
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,800",
               f"--user-data-dir={tmp_path / 'profile'}"):
         opts.add_argument(a)
-    import os
+    return webdriver.Chrome(service=DriverService(str(CHROMEDRIVER)), options=opts)
+
+
+def _upload_and_wait(driver, image: Path) -> str:
+    """Send `image` through the viewer's file input; the status line once the overlay is drawn."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    driver.find_element(By.ID, "file").send_keys(str(image))
+    WebDriverWait(driver, 60).until(
+        lambda d: d.find_element(By.ID, "canvas").get_attribute("data-ready") == "1"
+        or "error" in (d.find_element(By.ID, "status").get_attribute("class") or ""))
+    status = driver.find_element(By.ID, "status").text
+    assert driver.find_element(By.ID, "canvas").get_attribute("data-ready") == "1", status
+    return status
+
+
+def test_viewer_in_headless_chromium_shows_the_overlay(runs, tmp_path):
+    """Upload a real BUSI image (the replica where ../shared is absent) through the page's file input, wait
+    for the overlay, check that red mask pixels are drawn over the image, and save a screenshot."""
+    from selenium.webdriver.common.by import By
+
+    from conftest import SHARED
+    driver = _chromium(tmp_path)
+    real = SHARED / "busi-dev" / "Dataset_BUSI_with_GT" / "benign" / "benign (10).png"
+    image = real if real.exists() else _image(runs["busi"])
     run = Path(os.environ.get("MEDSEG_VIEWER_RUN") or runs["busi_run"])  # a real run for the docs' screenshot
     with live(create_app(run)) as url:
-        driver = webdriver.Chrome(service=DriverService(str(CHROMEDRIVER)), options=opts)
         try:
             driver.get(url + "/")
-            driver.find_element(By.ID, "file").send_keys(str(image))
-            WebDriverWait(driver, 60).until(
-                lambda d: d.find_element(By.ID, "canvas").get_attribute("data-ready") == "1"
-                or "error" in (d.find_element(By.ID, "status").get_attribute("class") or ""))
-            status = driver.find_element(By.ID, "status").text
-            assert driver.find_element(By.ID, "canvas").get_attribute("data-ready") == "1", status
+            status = _upload_and_wait(driver, image)
             assert "mask pixels" in status
             # the canvas's own pixels: where the mask is, red dominates (the image is grey)
             red = driver.execute_script("""
@@ -289,12 +417,43 @@ def test_viewer_in_headless_chromium_shows_the_overlay(runs, tmp_path):
             driver.quit()
 
 
+def test_viewer_asks_for_the_token_once(evaluated, runs, tmp_path):
+    """With a token, the viewer prompts once (the first 401), then sends it on every request: the upload, the
+    evaluation page's table (no second prompt: sessionStorage) and the full report."""
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _chromium(tmp_path)
+    with live(create_app(evaluated, token=TOKEN)) as url:
+        try:
+            driver.get(url + "/")
+            WebDriverWait(driver, 30).until(expected_conditions.alert_is_present())
+            prompt = driver.switch_to.alert
+            prompt.send_keys(TOKEN)
+            prompt.accept()
+            WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "title").text == f"run {evaluated.name}")
+            assert "mask pixels" in _upload_and_wait(driver, _image(runs["busi"]))
+            driver.get(url + "/eval")
+            WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#cases tbody tr"))
+            with pytest.raises(NoAlertPresentException):
+                driver.switch_to.alert.text  # asked once: the tab kept the token
+            assert driver.title == f"medseg evaluation: {evaluated.name}"
+            driver.find_element(By.ID, "report").click()
+            WebDriverWait(driver, 30).until(lambda d: d.current_url.startswith("blob:"))
+            assert "Dice" in driver.page_source and str(runs["root"]) not in driver.page_source
+        finally:
+            driver.quit()
+
+
 # ------------------------------------------------------------------------------------------- load
 @pytest.mark.slow  # ~25 s of 8 clients hammering the service: `pytest -m slow -k load -s` prints the figures
 def test_load_1000_requests_with_100_malformed_stays_up_with_bounded_memory(runs):
-    """1,000 requests (900 real images, 100 malformed of 4 kinds) from 8 client threads against `medseg
-    serve` in its own process; the service answers every one (200, 4xx for the malformed, 503 when full),
-    stays healthy, and its peak RSS stays bounded. Prints the figures."""
+    """1,000 requests (900 real images, 100 malformed of 5 kinds: 4 bad bodies and a good image without the
+    token) from 8 client threads against `medseg serve` (MEDSEG_TOKEN set) in its own process; the service
+    answers every one (200, 4xx for the malformed, 401 without the token, 503 when full), stays healthy, and
+    its peak RSS stays bounded. Prints the figures."""
     import subprocess
     import sys
     from concurrent.futures import ThreadPoolExecutor
@@ -302,7 +461,8 @@ def test_load_1000_requests_with_100_malformed_stays_up_with_bounded_memory(runs
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", "from medseg.app.cli import main; main()", "serve",
                              str(runs["busi_run"]), "--port", str(port), "--workers", "2", "--queue", "16"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "MEDSEG_TOKEN": TOKEN})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60
@@ -313,17 +473,19 @@ def test_load_1000_requests_with_100_malformed_stays_up_with_bounded_memory(runs
             except httpx.HTTPError:
                 time.sleep(0.2)
         png = _image(runs["busi"]).read_bytes()
-        bad = [b"not an image at all", png[:80], b"", b"PK\x03\x04junk"]
-        jobs = [bad[(i // 10) % 4] if i % 10 == 9 else png for i in range(1000)]
+        bad = [(b"not an image at all", AUTH), (png[:80], AUTH), (b"", AUTH), (b"PK\x03\x04junk", AUTH),
+               (png, {})]  # the last: a good image without the token
+        jobs = [bad[(i // 10) % 5] if i % 10 == 9 else (png, AUTH) for i in range(1000)]
 
         def rss_kb(field: str) -> int:
             return int(next(line for line in open(f"/proc/{proc.pid}/status") if line.startswith(field)).split()[1])
 
-        def one(data: bytes):
+        def one(job: tuple[bytes, dict]):
+            data, headers = job
             t = time.perf_counter()
             with httpx.Client(timeout=60) as c:
-                r = c.post(f"{url}/predict", files={"file": ("x.png", data)})
-            return r.status_code, time.perf_counter() - t, data is png
+                r = c.post(f"{url}/predict", files={"file": ("x.png", data)}, headers=headers)
+            return r.status_code, time.perf_counter() - t, data is png and headers is AUTH
 
         t0 = time.perf_counter()
         with ThreadPoolExecutor(8) as pool:

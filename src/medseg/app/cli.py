@@ -232,19 +232,31 @@ app.add_typer(weights_app, name="weights")
 
 @app.command()
 def serve(run: Path = typer.Argument(..., help="Run folder (from medseg train)."),
-          host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this machine only)."),
+          host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this machine only; any "
+                                                      "other needs --token or --insecure)."),
           port: int = typer.Option(8000, help="Port."),
           max_upload_mb: float = typer.Option(64, help="Largest accepted upload (413 beyond)."),
           timeout: float = typer.Option(120, help="Seconds one prediction may take (504 beyond)."),
           workers: int = typer.Option(1, help="Predictions run at once."),
-          queue: int = typer.Option(4, help="Requests that may wait for a worker (503 beyond).")) -> None:
+          queue: int = typer.Option(4, help="Requests that may wait for a worker (503 beyond)."),
+          token: Optional[str] = typer.Option(None, envvar="MEDSEG_TOKEN", show_default=False,
+                                              help="Bearer token every route but /health requires (401 without "
+                                                   "it); prefer the MEDSEG_TOKEN variable: a command line is "
+                                                   "visible to other users of the machine."),
+          insecure: bool = typer.Option(False, "--insecure", help="Listen beyond loopback without a token: anyone "
+                                                                  "who reaches the port sees and uses everything.")
+          ) -> None:
     """HTTP service and browser viewer for a run: POST /predict, POST /view, GET /health, /model, /eval; the
     viewer at http://HOST:PORT/ and the OpenAPI docs at /docs."""
-    from .serve import serve as run_service
+    from .serve import check_access, is_loopback, serve as run_service
     if workers < 1 or queue < 0 or max_upload_mb <= 0 or timeout <= 0:
         raise MedsegError(None, "--workers must be >= 1, --queue >= 0, --max-upload-mb and --timeout > 0")
-    print(f"medseg serving {run} at http://{host}:{port}/ (API docs at /docs); Ctrl-C stops", file=sys.stderr)
-    run_service(run, host, port, max_upload_mb, timeout, workers, queue)
+    check_access(host, token, insecure)  # before the model loads and anything binds
+    access = ("a bearer token is required (/health is open)" if token is not None else
+              "no token: open to everyone who reaches it (--insecure)" if not is_loopback(host) else "no token")
+    print(f"medseg serving {run} at http://{host}:{port}/ (API docs at /docs; {access}); Ctrl-C stops",
+          file=sys.stderr)
+    run_service(run, host, port, max_upload_mb, timeout, workers, queue, token=token, insecure=insecure)
 
 
 @weights_app.command("convert")

@@ -5,7 +5,11 @@
                          mask sent along -> JSON metrics (Dice, IoU, precision, recall) instead
     POST /view           the same input -> JSON for the viewer: greyscale slices and mask slices as PNGs
     GET  /health, /model the service's state; the run's config, preset, training-data fingerprint, metrics
-    GET  /               the viewer page; GET /eval: the run's evaluation, case by case
+    GET  /               the viewer page; GET /eval: the run's evaluation, case by case (data: /eval/cases)
+
+Access: with a token (`medseg serve --token`, MEDSEG_TOKEN) every route but /health and the two page shells
+needs `Authorization: Bearer <token>`; without one the service binds only to loopback unless --insecure is
+given. No answer names a path of this machine: paths are cut to their last part.
 
 The kind of an upload is sniffed from its first bytes, never from its name. Uploads are capped in size,
 each prediction runs in a bounded worker pool with a timeout, and a full queue answers 503 at once: the
@@ -17,8 +21,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import csv
+import hmac
+import html
 import io
+import ipaddress
 import json
+import re
 import shutil
 import tempfile
 import threading
@@ -26,11 +34,12 @@ import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image
 from starlette.background import BackgroundTask
 
@@ -77,6 +86,101 @@ def _nifti_header(b: bytes) -> bool:
 
 class Busy(Exception):
     pass
+
+
+# --- access ---------------------------------------------------------------------------------------------
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost: addresses that only this machine reaches."""
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_token(token: str | None) -> None:
+    """A token travels in a header: printable ASCII without spaces, not empty."""
+    if token is not None and not re.fullmatch(r"[\x21-\x7e]+", token):
+        raise MedsegError(None, "--token (or MEDSEG_TOKEN) must be printable ASCII without spaces, and not empty")
+
+
+def check_access(host: str, token: str | None, insecure: bool = False) -> None:
+    """Before anything loads or binds: the token is well formed, and an address beyond loopback has a token
+    unless `insecure`."""
+    check_token(token)
+    if token is None and not insecure and not is_loopback(host):
+        raise MedsegError(None, f"--host {host} is reachable beyond this machine and no token is set: give --token "
+                                "(or MEDSEG_TOKEN), or --insecure to let anyone who reaches it see predictions, the "
+                                "run's configuration and its per-case table")
+
+
+def _token_dependencies(token: str | None) -> list:
+    """The protected routes' dependencies: with a token, `Authorization: Bearer <token>` (compared in constant
+    time) or 401; HTTPBearer puts the scheme into the OpenAPI schema. Without a token, none."""
+    if token is None:
+        return []
+    check_token(token)
+    scheme = HTTPBearer(auto_error=False, description="The token given to `medseg serve --token` (or MEDSEG_TOKEN).")
+    want = token.encode()
+
+    def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
+        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), want):
+            raise HTTPException(401, "missing or wrong token: send the header `Authorization: Bearer <token>` "
+                                     "with the token `medseg serve` was started with",
+                                headers={"WWW-Authenticate": "Bearer"})
+    return [Depends(require_token)]
+
+
+def _absolute(text: str) -> bool:
+    win = PureWindowsPath(text)
+    return (text.startswith("/") and len(PurePosixPath(text).parts) > 1) or bool(win.drive and win.root)
+
+
+def _last_part(path: str) -> str:
+    return (PureWindowsPath if PureWindowsPath(path).drive else PurePosixPath)(path).name
+
+
+class PathScrub:
+    """Absolute paths of this machine -> their last part, in what the service answers: every absolute path
+    named in `sources` (the plan, metrics.json: data folder, fingerprint root, pretrained weights; the run
+    folder), wherever it appears in a text (raw, HTML- or JSON-escaped), and any string that is itself one."""
+
+    def __init__(self, *sources):
+        found: set[str] = set()
+        self._collect(sources, found)
+        forms = {}
+        for path in sorted(found, key=len, reverse=True):  # the longest first: a folder's files before the folder
+            name = _last_part(path)
+            for f in (str, html.escape, lambda x: html.escape(x, quote=False), lambda x: json.dumps(x)[1:-1]):
+                forms.setdefault(f(path), f(name))
+        alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
+        self.pattern = re.compile(rf"(?<![\w.\-/\\])(?:{alternatives})(?![\w.\-])") if forms else None
+        self.forms = forms
+
+    def _collect(self, value, found: set[str]) -> None:
+        if isinstance(value, str):
+            if _absolute(value):
+                found.add(value)
+        elif isinstance(value, dict):
+            self._collect(list(value.values()), found)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                self._collect(v, found)
+
+    def text(self, text: str) -> str:
+        return self.pattern.sub(lambda m: self.forms[m.group(0)], text) if self.pattern else text
+
+    def value(self, value):
+        """A JSON value with every string scrubbed."""
+        if isinstance(value, str):
+            return _last_part(value) if _absolute(value) else self.text(value)
+        if isinstance(value, dict):
+            return {k: self.value(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.value(v) for v in value]
+        return value
 
 
 class Service:
@@ -248,18 +352,28 @@ def _summary(run_folder: Path) -> dict | None:
 
 
 def create_app(run: str | Path, max_upload_mb: float = 64, timeout_s: float = 120, workers: int = 1,
-               queue: int = 4) -> FastAPI:
+               queue: int = 4, token: str | None = None) -> FastAPI:
+    """The app for one run; with `token`, every route but /health and the page shells needs it as a bearer
+    token."""
+    auth = _token_dependencies(token)
     svc = Service(Path(run), max_upload_mb, timeout_s, workers, queue)
     plan = svc.predictor.plan
-    app = FastAPI(title="medseg", version=str(plan.medseg_version),
-                  description=f"Segmentation masks from the medseg run {svc.run_folder.name} ({plan.layout}, "
-                              f"model {plan.model}).")
+    about = (f"the medseg run {svc.run_folder.name} ({plan.layout}, model {plan.model})" if token is None else
+             "a medseg run (its name and settings: GET /model, with the bearer token)")
+    app = FastAPI(title="medseg", version=str(plan.medseg_version), description=f"Segmentation masks from {about}.")
     app.state.service = svc
     _add_error_handlers(app, svc)
-    _add_info_routes(app, svc)
-    _add_predict_routes(app, svc)
-    _add_page_routes(app, svc)
+    _add_info_routes(app, svc, auth)
+    _add_predict_routes(app, svc, auth)
+    _add_page_routes(app, svc, auth)
     return app
+
+
+def _scrub(svc: Service) -> PathScrub:
+    """The paths this run names now (its evaluation may be rewritten while the service runs)."""
+    f = svc.run_folder / "eval" / "metrics.json"
+    evaluation = json.loads(f.read_text()) if f.is_file() else {}
+    return PathScrub(svc.predictor.plan.to_dict(), evaluation, str(svc.run_folder.resolve()), str(svc.run.resolve()))
 
 
 def _add_error_handlers(app: FastAPI, svc: Service) -> None:
@@ -280,33 +394,33 @@ def _add_error_handlers(app: FastAPI, svc: Service) -> None:
         return JSONResponse({"detail": f"prediction took longer than {svc.timeout_s:.0f} s"}, status_code=504)
 
 
-def _add_info_routes(app: FastAPI, svc: Service) -> None:
-    """GET /health and GET /model."""
+def _add_info_routes(app: FastAPI, svc: Service, auth: list) -> None:
+    """GET /health (open to all: liveness only) and GET /model."""
     plan = svc.predictor.plan
 
     @app.get("/health", summary="Liveness and load")
     def health() -> dict:
         return {"status": "ok", "active": svc.active, "capacity": svc.capacity}
 
-    @app.get("/model", summary="The run: config, preset, training-data fingerprint, metrics")
+    @app.get("/model", summary="The run: config, preset, training-data fingerprint, metrics", dependencies=auth)
     def model_info() -> dict:
         keep = ("model", "model_args", "preset", "layout", "unit", "channels", "image_size", "neighbours", "loss",
                 "augmentation", "intensity", "target", "epoch", "val_dice", "medseg_version", "seed")
         folds = fold_runs(svc.run_folder)
-        return {"run": svc.run_folder.name, "config": {k: getattr(plan, k) for k in keep},
-                "ensemble_of_folds": len(folds) if folds else None,
-                "postprocess": svc.predictor.setting, "train_data_fingerprint": _train_fingerprint(plan),
-                "evaluation": _summary(svc.run_folder)}
+        return _scrub(svc).value({
+            "run": svc.run_folder.name, "config": {k: getattr(plan, k) for k in keep},
+            "ensemble_of_folds": len(folds) if folds else None, "postprocess": svc.predictor.setting,
+            "train_data_fingerprint": _train_fingerprint(plan), "evaluation": _summary(svc.run_folder)})
 
 
-def _add_predict_routes(app: FastAPI, svc: Service) -> None:
+def _add_predict_routes(app: FastAPI, svc: Service, auth: list) -> None:
     """POST /predict and POST /view."""
 
     @app.post("/predict", summary="Mask of one image, DICOM file, zipped DICOM series or NIfTI volume",
               responses={200: {"description": "The mask file (PNG, TIFF, DICOM SEG or NIfTI), or JSON metrics "
                                               "when `truth` is sent"}, 413: {"description": "Upload too large"},
                          415: {"description": "Not a known image format"}, 422: {"description": "Unreadable input"},
-                         503: {"description": "Busy"}, 504: {"description": "Timed out"}})
+                         503: {"description": "Busy"}, 504: {"description": "Timed out"}}, dependencies=auth)
     async def predict(file: UploadFile, truth: UploadFile | None = None, format: str = "auto"):
         data = await svc.receive(file, "file")
         truth_data = await svc.receive(truth, "truth") if truth is not None else None
@@ -326,7 +440,7 @@ def _add_predict_routes(app: FastAPI, svc: Service) -> None:
             raise
         return _mask_response(out, file.filename, tmp)
 
-    @app.post("/view", summary="Slices and mask slices as PNGs, for the viewer")
+    @app.post("/view", summary="Slices and mask slices as PNGs, for the viewer", dependencies=auth)
     async def view(file: UploadFile):
         data = await svc.receive(file, "file")
         tmp = Path(tempfile.mkdtemp(prefix="medseg-serve-"))
@@ -344,56 +458,76 @@ def _mask_response(out: Path, filename: str | None, tmp: Path) -> FileResponse:
                         background=BackgroundTask(shutil.rmtree, tmp, True))
 
 
-def _add_page_routes(app: FastAPI, svc: Service) -> None:
-    """GET / (the viewer), /eval and /eval/report."""
+def _add_page_routes(app: FastAPI, svc: Service, auth: list) -> None:
+    """GET / (the viewer), /eval (the evaluation page), /eval/cases (its data) and /eval/report.
+
+    The two pages are shells, served without the token: static HTML holding no data (not even the run's
+    name). Their script asks for the token once (a prompt, kept in the tab's sessionStorage) and sends it as
+    `Authorization: Bearer` on every data request (/model, /view, /predict, /eval/cases, /eval/report).
+    Chosen over a `?token=` query parameter, which would leave the token in browser history, proxy and server
+    logs and Referer headers; a browser cannot add a header to a plain page load, so the shells must be open."""
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
-        return files("medseg.app").joinpath("web/viewer.html").read_text()
+        return _page("viewer.html")
 
-    @app.get("/eval", response_class=HTMLResponse, summary="The run's evaluation, case by case")
+    @app.get("/eval", response_class=HTMLResponse, summary="The evaluation page (data from /eval/cases)")
     def eval_page() -> str:
-        return _eval_page(svc.run_folder)
+        return _page("eval.html")
 
-    @app.get("/eval/report", response_class=HTMLResponse, include_in_schema=False)
-    def eval_report():
+    @app.get("/eval/cases", summary="The run's evaluation, case by case", dependencies=auth)
+    def eval_cases() -> dict:
+        return _scrub(svc).value(_eval_cases(svc.run_folder))
+
+    @app.get("/eval/report", response_class=HTMLResponse, include_in_schema=False, dependencies=auth)
+    def eval_report() -> str:
         f = svc.run_folder / "eval" / "report.html"
         if not f.is_file():
             raise HTTPException(404, "no evaluation yet: run `medseg evaluate RUN`")
-        return FileResponse(f)
+        return _scrub(svc).text(f.read_text())
 
 
-def _eval_page(run_folder: Path) -> str:
-    import html
+# The pages' one way to the API: the token, asked for on the first 401 and kept for the tab.
+AUTH_JS = """
+async function api(url, options = {}) {
+  for (let asked = false; ; asked = true) {
+    const token = sessionStorage.getItem("medseg-token");
+    const headers = { ...(options.headers || {}), ...(token ? { Authorization: `Bearer ${token}` } : {}) };
+    const r = await fetch(url, { ...options, headers });
+    if (r.status !== 401 || asked) return r;
+    const entered = prompt("This medseg service needs its access token (the one `medseg serve --token` was given):");
+    if (entered === null) return r;
+    sessionStorage.setItem("medseg-token", entered.trim());
+  }
+}
+"""
+
+
+def _page(name: str) -> str:
+    return files("medseg.app").joinpath(f"web/{name}").read_text().replace("/*{{api}}*/", AUTH_JS)
+
+
+def _eval_cases(run_folder: Path) -> dict:
+    """The evaluation page's data: a one-line summary and the per-case table (None and [] before `evaluate`)."""
     f = run_folder / "eval" / "cases.csv"
-    template = files("medseg.app").joinpath("web/eval.html").read_text()
     if not f.is_file():
-        return template.replace("{{title}}", html.escape(run_folder.name)).replace(
-            "{{summary}}", "No evaluation yet: run <code>medseg evaluate RUN</code>.").replace("{{table}}", "")
+        return {"run": run_folder.name, "summary": None, "columns": [], "rows": []}
     with f.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     cols = [c for c in ("case", "group", "dice", "iou", "precision", "recall", "hd95", "gt_pixels", "pred_pixels")
             if rows and c in rows[0]]
-
-    def cell(v: str) -> str:
-        try:
-            return f"{float(v):.3f}" if "." in v else v
-        except ValueError:
-            return html.escape(v)
-
-    head = "".join(f"<th data-col='{i}'>{html.escape(c)}</th>" for i, c in enumerate(cols))
-    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c, '') or '')}</td>" for c in cols) + "</tr>" for r in rows)
     s = _summary(run_folder) or {}
     d = s.get("dice") or {}
-    summary = (f"{s.get('n_cases')} cases ({html.escape(str(s.get('split')))} split); Dice mean "
-               f"{d.get('mean', float('nan')):.3f}, median {d.get('median', float('nan')):.3f}; post-processing: "
-               f"{html.escape(str(s.get('postprocess')))}. <a href='/eval/report'>Full report</a>")
-    return (template.replace("{{title}}", html.escape(run_folder.name)).replace("{{summary}}", summary)
-            .replace("{{table}}", f"<table id='cases'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"))
+    summary = (f"{s.get('n_cases')} cases ({s.get('split')} split); Dice mean {d.get('mean', float('nan')):.3f}, "
+               f"median {d.get('median', float('nan')):.3f}; post-processing: {s.get('postprocess')}.")
+    return {"run": run_folder.name, "summary": summary, "columns": cols,
+            "rows": [[r.get(c, "") or "" for c in cols] for r in rows]}
 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 64,
-          timeout_s: float = 120, workers: int = 1, queue: int = 4) -> None:
+          timeout_s: float = 120, workers: int = 1, queue: int = 4, token: str | None = None,
+          insecure: bool = False) -> None:
+    check_access(host, token, insecure)  # before the model loads and anything binds
     import uvicorn
-    app = create_app(run, max_upload_mb, timeout_s, workers, queue)
+    app = create_app(run, max_upload_mb, timeout_s, workers, queue, token=token)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5, limit_concurrency=64)
