@@ -9,11 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from hypothesis import settings as hypothesis_settings
 from PIL import Image
 
 SHARED = Path(os.environ.get("MEDSEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 LGG = SHARED / "lgg-kaggle_3m-dev" / "kaggle_3m"
 BUSI = SHARED / "busi-dev" / "Dataset_BUSI_with_GT"
+
+# hypothesis (tests/test_fuzz.py, the service's schemathesis test): the same examples on every run, in CI and
+# locally, so that a failure reproduces; no example database (it would replay a machine's own history).
+# Outside CI, HYPOTHESIS_PROFILE=explore searches afresh with many more examples.
+hypothesis_settings.register_profile("ci", derandomize=True, max_examples=100, deadline=None, database=None,
+                                     print_blob=True)
+hypothesis_settings.register_profile("explore", max_examples=2000, deadline=None)
+hypothesis_settings.load_profile("ci" if os.environ.get("CI") == "true" else os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True, scope="session")

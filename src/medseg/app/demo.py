@@ -14,7 +14,7 @@ from PIL import Image
 from rich.console import Console
 from scipy import ndimage
 
-from ..errors import atomic_path
+from ..errors import atomic_path, check_output
 
 console = Console(stderr=True)
 
@@ -55,6 +55,7 @@ def run_demo(out: Path, n: int = 160, size: int = 128, time_budget_s: float = 15
     from ..inference.predictor import predict_files
     from ..training.command import Options, train_folder
 
+    check_output(out)
     data = make_synthetic(Path(out) / "data", n=n, size=size)
     run = Path(out) / "run"
     # the demo starts afresh each time: its own run and predictions from an earlier demo are replaced

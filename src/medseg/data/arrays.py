@@ -24,7 +24,7 @@ import torch
 from rich.progress import Progress
 
 from ..adapters import Item
-from ..errors import MedsegError
+from ..errors import MedsegError, check_output, writing
 from ..planning.plan import Plan
 from ..planning.planner import data_settings, settings_for
 from ..io.images import read_image, read_mask
@@ -84,6 +84,8 @@ def load_arrays(items: list[Item], prep: dict, label: str = "reading", cache: bo
     if folder is not None and (folder / "done.json").is_file():
         return Arrays(torch.from_numpy(np.load(folder / "images.npy", mmap_mode="c")),
                       torch.from_numpy(np.load(folder / "masks.npy", mmap_mode="c")), items)
+    if folder is not None:
+        check_output(folder.parent)  # the entry will be written: check the cache folder before reading
     size, keep = prep["image_size"], bool(prep.get("keep_aspect"))
     images = torch.empty((len(items), prep["channels"], size, size), dtype=torch.uint8)
     masks = torch.empty((len(items), 1, size, size), dtype=torch.uint8)
@@ -185,6 +187,7 @@ def prepare(data: str | Path, layout: str = "auto", target: str | None = None, p
 
     from ..adapters import load_dataset
     t0 = time.perf_counter()
+    check_output(cache_root())
     ds = load_dataset(data, layout, target)
     s = settings_for(ds.layout, preset, settings)
     s.update(data_settings(ds, s))
@@ -198,19 +201,21 @@ def prepare(data: str | Path, layout: str = "auto", target: str | None = None, p
 
 
 def _write_cache(folder: Path, arrays: Arrays, prep: dict) -> None:
-    """Write into a temp folder beside the entry, then rename it into place (atomic on one file system)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        np.save(tmp / "images.npy", arrays.images.numpy())
-        np.save(tmp / "masks.npy", arrays.masks.numpy())
-        (tmp / "done.json").write_text(json.dumps({**prep, "n": len(arrays.items)}, default=list) + "\n")
+    """Write into a temp folder beside the entry, then rename it into place (atomic on one file system); a full
+    disk ends in one WriteFailed naming the entry, with no entry and no temp folder left."""
+    with writing(folder, "no cache entry was written"):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished the same entry first: theirs is as good as ours
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            np.save(tmp / "images.npy", arrays.images.numpy())
+            np.save(tmp / "masks.npy", arrays.masks.numpy())
+            (tmp / "done.json").write_text(json.dumps({**prep, "n": len(arrays.items)}, default=list) + "\n")
+            try:
+                os.replace(tmp, folder)
+            except OSError:  # another process finished the same entry first: theirs is as good as ours
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:

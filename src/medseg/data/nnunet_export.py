@@ -26,7 +26,7 @@ import numpy as np
 
 from ..adapters import DataSet, Item, channel_names, load_dataset
 from ..adapters.base import spacing_xyz
-from ..errors import MedsegError
+from ..errors import MedsegError, check_output
 from ..io.images import read_mask
 
 Z_SPACING_2D = 999.0
@@ -121,8 +121,7 @@ def export_nnunet(data: str | Path | DataSet, out: str | Path, dataset_id: int, 
 
 def _check_out(out: Path, final: Path, dataset_id: int, force: bool) -> None:
     """OUT is a folder (or not there yet), holds no `final` unless `force`, and no other dataset with this id."""
-    if out.exists() and not out.is_dir():
-        raise MedsegError(out, "output must be a folder (nnU-Net's nnUNet_raw), got a file")
+    check_output(out)
     if final.exists() and not force:
         raise MedsegError(final, "already exists; pass --force to replace it")
     if out.is_dir():

@@ -31,7 +31,7 @@ from ..inference import postprocess
 from ..adapters import load_dataset
 from ..adapters.base import spacing_xyz
 from ..data.arrays import prep_of, read_item
-from ..errors import MedsegError, atomic_path
+from ..errors import MedsegError, atomic_path, check_output
 from ..inference.checkpoint import fold_runs
 from ..inference.predictor import Predictor
 from ..io.images import overlay, thumb_step
@@ -70,6 +70,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
     if split not in ("val", "all"):
         raise MedsegError(None, f"--split must be 'val' or 'all', got {split!r}")
     tune = (split == "val" and same) if tune is None else tune
+    _check_outputs(run_folder, tune)
     ds = load_dataset(data, layout or (plan.layout if same else "auto"), plan.target_name)
     current = postprocess.load(run_folder, plan)
     candidates = CANDIDATES if tune else []
@@ -104,6 +105,15 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
         Console().print(f"report: {escape(str(run_folder / 'eval' / 'report.html'))} (metrics.json, cases.csv, "
                         "slices.csv beside it)", soft_wrap=True)
     return result
+
+
+def _check_outputs(run_folder: Path, tune: bool) -> None:
+    """Before any scoring: RUN/eval (and with tuning RUN/postprocess.json) can be written."""
+    check_output(run_folder / "eval")
+    for name in ("metrics.json", "cases.csv", "slices.csv", "report.html"):
+        check_output(run_folder / "eval" / name, "file")
+    if tune:
+        check_output(run_folder / postprocess.FILE, "file")
 
 
 def _pooled(run: Path, predictor: Predictor, split: str, same: bool, tta: bool) -> list[Predictor]:

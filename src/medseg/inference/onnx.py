@@ -19,7 +19,7 @@ import torch
 
 from .checkpoint import load_checkpoint, resolve_run
 from .engines import Normalised  # noqa: F401  (part of this module's interface: tests and benchmarks)
-from ..errors import MedsegError, atomic_path
+from ..errors import MedsegError, atomic_path, check_output
 
 
 def export_onnx(run: str | Path, out: str | Path | None = None, opset: int | None = None) -> tuple[Path, float]:
@@ -29,7 +29,7 @@ def export_onnx(run: str | Path, out: str | Path | None = None, opset: int | Non
 
     folder = resolve_run(Path(run))
     run_folder = folder.parent if folder.name in ("best", "last") else folder
-    out = Path(out) if out else run_folder / "model.onnx"
+    out = check_output(Path(out) if out else run_folder / "model.onnx", "file")
     model, plan = load_checkpoint(folder)
     net = Normalised(model.eval(), plan.mean, plan.std).eval()
     size = int(plan.image_size)

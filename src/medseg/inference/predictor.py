@@ -27,7 +27,7 @@ from rich.progress import Progress
 
 from . import postprocess
 from .checkpoint import fold_runs, load_checkpoint, resolve_run
-from ..errors import MedsegError, atomic_path
+from ..errors import MedsegError, atomic_path, check_output, writing
 from ..io.images import (IMAGE_SUFFIXES, is_dicom, is_mask_name, is_volume, overlay, read_image, volume_stem,
                          write_mask_png)
 from .engines import Bf16Autocast, Ensemble, predict_probs, volume_probs
@@ -384,6 +384,7 @@ def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, tt
         raise MedsegError(None, f"unknown --format {fmt!r}; known: {', '.join(FORMATS)}")
     if batch_size < 1:
         raise MedsegError(None, f"--batch-size must be at least 1, got {batch_size}")
+    check_output(out)
     predictor = Predictor.load(run, tta=tta, engine=engine, threshold=threshold, batch_size=batch_size)
     return predict_with(predictor, inputs, out, quiet, fmt, prob, overlay)
 
@@ -398,29 +399,37 @@ def predict_with(predictor: Predictor, inputs: list[str | Path], out: str | Path
         todo = as_stacks(todo)
     out = Path(out)
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
     # Outputs go to a staging folder first and move into place only when every input succeeded, so a
-    # failed run leaves the output folder as it was.
-    staging = Path(tempfile.mkdtemp(prefix=".medseg-predict-", dir=out))
-    writer = Writer(predictor, staging, fmt, prob, overlay)
-    written: list[Path] = []
+    # failed run (a full disk included) leaves the output folder as it was.
     try:
-        with Progress(console=console, disable=quiet, transient=True) as bar:
-            task = bar.add_task("predicting", total=len(todo))
-            for inp in todo:
-                written += getattr(writer, inp.kind)(inp)
-                bar.advance(task)
-        for rel in written:
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / rel, out / rel)
+        with writing(out, "the folder was left as it was"):
+            out.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".medseg-predict-", dir=out))
+            try:
+                written = _write_all(Writer(predictor, staging, fmt, prob, overlay), todo, quiet)
+                for rel in written:  # every folder first, so that the renames cannot stop half-way
+                    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                for rel in written:
+                    os.replace(staging / rel, out / rel)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     written = [out / rel for rel in written]
     if not quiet:
         console.print(f"wrote {len(written)} files for {len(todo)} inputs to {out} "
                       f"({postprocess.describe(predictor.setting)})")
+    return written
+
+
+def _write_all(writer: Writer, todo: list[Input], quiet: bool) -> list[Path]:
+    """Each input's outputs into the writer's staging folder; their paths relative to it."""
+    written: list[Path] = []
+    with Progress(console=console, disable=quiet, transient=True) as bar:
+        task = bar.add_task("predicting", total=len(todo))
+        for inp in todo:
+            written += getattr(writer, inp.kind)(inp)
+            bar.advance(task)
     return written

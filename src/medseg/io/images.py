@@ -8,6 +8,7 @@ Intensities become [0, 1] by the data set's rule (see `to_unit`), which the plan
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,9 @@ from ..errors import MedsegError, atomic_path
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DEFAULT_INTENSITY = {"mode": "range"}
+
+# tifffile logs every bad tag of a corrupt file to stderr; the MedsegError already says it in one line
+logging.getLogger("tifffile").addHandler(logging.NullHandler())
 
 
 def is_volume(path: Path) -> bool:
@@ -91,14 +95,36 @@ def read_volume(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     one volume are read in a row, so the last few volumes stay cached."""
     import SimpleITK as sitk
     _check_file(path)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_complete(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as e:
         raise MedsegError(path, f"cannot read volume ({str(e).strip().splitlines()[-1][:200]})") from e
     arr = sitk.GetArrayFromImage(img)
-    if arr.ndim == 2:
+    if img.GetDimension() == 2:  # not arr.ndim: a 2D RGB image is Y x X x 3 (found by tests/test_fuzz.py)
         arr = arr[None]
     return arr, tuple(float(v) for v in img.GetSpacing())
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """ITK reads a NIfTI file cut short (an interrupted download or copy) without an error, the missing voxels
+    as 0 (found by tests/test_fuzz.py): the voxel data must be as long as the header says."""
+    import gzip
+
+    import nibabel as nib
+    try:
+        with gzip.open(path) if path.name.lower().endswith(".gz") else path.open("rb") as f:
+            have = f.seek(0, 2)  # in a gzip file: decompresses to the end, EOFError when the stream is cut
+    except Exception as e:  # noqa: BLE001 - gzip raises OSError, EOFError, zlib.error, ... (found by tests/test_fuzz.py)
+        raise MedsegError(path, f"cannot read NIfTI: corrupt or truncated ({type(e).__name__}: {e})"[:300]) from e
+    try:
+        data = nib.load(path).dataobj  # the header's offset, shape and type (the loaded header's offset reads 0)
+        need = int(data.offset) + int(np.prod(data.shape)) * data.dtype.itemsize
+    except Exception:  # noqa: BLE001 - a header nibabel cannot parse is left to ITK, which reports its own error
+        return
+    if have < need:
+        raise MedsegError(path, f"NIfTI file cut short: {have} of the {need} bytes its header announces")
 
 
 @functools.lru_cache(maxsize=32)
@@ -106,6 +132,8 @@ def _volume_percentiles(path: Path, low: float, high: float) -> tuple[float, flo
     vol = read_volume(path)[0]
     sample = vol.ravel()[:: max(1, vol.size // 2_000_000)]  # a regular subsample keeps this under a second
     lo, hi = np.percentile(sample, [low, high])
+    if not np.isfinite([lo, hi]).all():  # else every slice of the volume reads as NaN (found by tests/test_fuzz.py)
+        raise MedsegError(path, "volume contains NaN or Inf values")
     return float(lo), float(hi)
 
 
@@ -201,6 +229,8 @@ def read_image(path: Path, channels: int, intensity: dict | None = None, z: int 
         arr = arr[None]
     else:
         arr = np.moveaxis(arr, -1, 0)
+    if arr.shape[0] != 1 and channels not in (1, arr.shape[0]):  # found by tests/test_fuzz.py: 3 -> 4 gave 12
+        raise MedsegError(path, f"{arr.shape[0]}-channel image where {channels} channels are expected")
     return _fit_channels(arr, channels)
 
 
@@ -219,6 +249,8 @@ def read_mask(paths: list[Path], shape: tuple[int, int], values: tuple[int, ...]
     out = np.zeros(shape, dtype=bool)
     for p in paths:
         arr = read_raw(Path(p), z)
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():  # else the whole slice reads as empty (fuzzer)
+            raise MedsegError(p, "mask contains NaN or Inf values")
         if arr.ndim == 3:
             if not (arr == arr[..., :1]).all():
                 raise MedsegError(p, "colour mask (its channels differ): expected a grey or black/white mask")

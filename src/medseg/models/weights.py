@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import MedsegError, atomic_path
+from ..errors import MedsegError, atomic_path, check_output
 
 # torchvision's file names for the ImageNet weights (IMAGENET1K_V1)
 HUB_FILES = {False: "vgg16-397923af.pth", True: "vgg16_bn-6c64b313.pth"}
@@ -85,8 +85,8 @@ def encoder_settings(plan, quiet: bool = False) -> dict:
 
 def convert(src: str | Path, dst: str | Path) -> Path:
     """torchvision state dict (.pth) -> safetensors with the same keys (`medseg weights convert`)."""
+    dst = check_output(dst, "file")
     state = {k: v.contiguous() for k, v in read_state_dict(src).items()}
-    dst = Path(dst)
     with atomic_path(dst) as tmp:
         save_file(state, str(tmp), metadata={"source": Path(src).name, "format": "torchvision state dict"})
     return dst

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..adapters import load_dataset
-from ..errors import MedsegError
+from ..errors import MedsegError, check_output
 from ..planning.planner import make_plan
 from .cv import is_cv_run, resume_folds, train_folds
 from .train import Options, resume, train
@@ -32,11 +32,13 @@ def train_folder(data: str | Path | None = None, out: str | Path | None = None, 
         if changed:
             raise MedsegError(resume_run, f"--resume continues the run's own plan; only --epochs and --time-budget "
                                           f"can change (got {', '.join(changed)})")
+        check_output(resume_run)
         if is_cv_run(resume_run):
             return resume_folds(resume_run, options, data)
         return resume(resume_run, options, flags.get("epochs"), flags.get("time_budget_s"), data)
     if out is None or data is None:
         raise MedsegError(None, "train needs DATA and --out RUN (or --resume RUN to continue a run)")
+    check_output(out)
     ds = load_dataset(data, layout, target)
     if folds is not None and fold is None:  # every fold, one after another: a cross-validated run
         return train_folds(ds, out, folds, options, val_fraction=val_fraction, seed=seed, preset=preset,

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import MedsegError
+from ..errors import MedsegError, fault, writing
 from ..inference.checkpoint import WEIGHTS, save_checkpoint
 
 STATE, STATE_INDEX = "state.safetensors", "state.json"
@@ -29,26 +29,41 @@ RAW = "raw."  # state tensor prefix of the live weights when model.safetensors h
 def save_training_checkpoint(folder: Path, model: torch.nn.Module, config: dict, tensors: dict[str, torch.Tensor],
                              state: dict) -> None:
     """model.safetensors + config.json + state.safetensors + state.json, written into a temporary folder that
-    then replaces `folder` (rename the old one aside, rename the new one in, delete the old one)."""
+    then replaces `folder` (rename the old one aside, rename the new one in, delete the old one). A full disk
+    ends in one WriteFailed naming `folder`, the previous checkpoint kept."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        os.chmod(tmp, 0o755)
-        save_checkpoint(tmp, model, config)
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / STATE),
-                  metadata={"medseg_state_format": str(STATE_FORMAT)})
-        (tmp / STATE_INDEX).write_text(json.dumps({"format": STATE_FORMAT, **state}, default=str) + "\n")
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)  # safetensors writes owner-only files; a run folder is meant to be shared
-        old = folder.parent / f".{folder.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with writing(folder, "the previous checkpoint is kept"):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+        try:
+            _write_folder(tmp, model, config, tensors, state)
+            fault(f"checkpoint:{folder.name}:written")  # test hook (errors.fault): the new folder complete, not in place
+            _swap_in(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_folder(tmp: Path, model: torch.nn.Module, config: dict, tensors: dict[str, torch.Tensor],
+                  state: dict) -> None:
+    os.chmod(tmp, 0o755)
+    save_checkpoint(tmp, model, config)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / STATE),
+              metadata={"medseg_state_format": str(STATE_FORMAT)})
+    (tmp / STATE_INDEX).write_text(json.dumps({"format": STATE_FORMAT, **state}, default=str) + "\n")
+    for f in tmp.iterdir():
+        os.chmod(f, 0o644)  # safetensors writes owner-only files; a run folder is meant to be shared
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    """Rename `folder` aside, `tmp` into its place, delete the old one; cut off between the renames, the old one
+    stays complete beside it (recover_checkpoint puts it back)."""
+    old = folder.parent / f".{folder.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    fault(f"checkpoint:{folder.name}:swap")  # test hook (errors.fault): the old folder aside, the new one not in
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def recover_checkpoint(folder: Path) -> None:
@@ -59,6 +74,16 @@ def recover_checkpoint(folder: Path) -> None:
         os.replace(old, folder)
     for stray in folder.parent.glob(f".{folder.name}.*.tmp"):
         shutil.rmtree(stray, ignore_errors=True) if stray.is_dir() else stray.unlink(missing_ok=True)
+
+
+def recover_run(run: Path) -> None:
+    """Before a run is resumed: its checkpoints recovered, and the temporary files of `plan.json` and `log.csv`
+    left by a process killed before their rename removed (the run's lock keeps other writers out)."""
+    recover_checkpoint(Path(run) / "last")
+    recover_checkpoint(Path(run) / "best")
+    for name in ("plan.json", "log.csv"):
+        for stray in Path(run).glob(f".{name}.*.tmp"):
+            stray.unlink(missing_ok=True)
 
 
 def load_training_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict, dict[str, torch.Tensor]]:

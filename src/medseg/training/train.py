@@ -37,7 +37,7 @@ from .dist import Dist
 from .lock import RunLock
 from .loop import Loop, Stopped, check_resumable
 from .speed import DEFAULT_THREADS, compiles
-from .state import recover_checkpoint
+from .state import recover_run
 
 
 @dataclass
@@ -70,8 +70,7 @@ def resume(run: str | Path, options: Options | None = None, epochs: int | None =
     d = Dist.from_env()
     try:
         with _run_folder(d, run, resuming=True):
-            recover_checkpoint(run / "last")
-            recover_checkpoint(run / "best")
+            recover_run(run)
             plan = Plan.load(run / "plan.json")
             changes = {k: v for k, v in {"epochs": epochs, "time_budget_s": time_budget_s}.items() if v is not None}
             plan = plan.replace(**changes)
