@@ -3,6 +3,7 @@ run, and "default" is still the set the measured runs used."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
@@ -70,24 +71,21 @@ def test_set_random_state_reproduces(name):
     assert differs == (name != "none")
 
 
+# SHA-256 of the 8 samples below, recorded with medseg 31ad044 (the default set the measured runs used), not
+# with the code under test: a changed transform, order, parameter or random stream changes it.
+DEFAULT_SAMPLES_SHA256 = "12c57e2f40e63ac4e1237a7841fe52bf14ebb255b54c7a300fca7eda50f9bb1a"
+
+
 def test_default_is_unchanged():
     """The measured runs used this exact composition; the same seed must give the same samples."""
-    old = mt.Compose([
-        mt.RandFlipd(keys=[IMAGE, LABEL], spatial_axis=1, prob=0.5),
-        mt.RandAffined(keys=[IMAGE, LABEL], prob=0.7, rotate_range=np.pi / 12, scale_range=0.15,
-                       translate_range=0.0, mode=("bilinear", "nearest"), padding_mode="zeros"),
-        mt.RandScaleIntensityd(keys=IMAGE, factors=0.15, prob=0.5),
-        mt.RandShiftIntensityd(keys=IMAGE, offsets=0.1, prob=0.5),
-        mt.RandAdjustContrastd(keys=IMAGE, gamma=(0.7, 1.5), prob=0.3),
-        mt.RandGaussianNoised(keys=IMAGE, std=0.05, prob=0.2),
-    ])
     new = augmentation("default")
-    old.set_random_state(seed=3)
     new.set_random_state(seed=3)
+    h = hashlib.sha256()
     for _ in range(8):
-        a, b = old(square(32)), new(square(32))
-        assert torch.equal(torch.as_tensor(a[IMAGE]), torch.as_tensor(b[IMAGE]))
-        assert torch.equal(torch.as_tensor(a[LABEL]), torch.as_tensor(b[LABEL]))
+        b = new(square(32))
+        h.update(torch.as_tensor(b[IMAGE]).numpy().astype(np.float32).tobytes())
+        h.update(torch.as_tensor(b[LABEL]).numpy().astype(np.float32).tobytes())
+    assert h.hexdigest() == DEFAULT_SAMPLES_SHA256
 
 
 def test_unknown_set_is_a_medseg_error():
