@@ -74,6 +74,9 @@ def test_plan_versions_and_keys(tmp_path):
     plan = Plan.from_dict(v1)
     assert plan.version == PLAN_VERSION and plan.in_channels == 9 and plan.mean == [0.1] * 9 and plan.epoch == 3
     assert plan.optimizer == "adamw" and plan.schedule == "cosine"  # absent keys take the field defaults
+    # ... except what changed since: a version-1 run keeps the behaviour it was trained with
+    assert plan.intensity_norm == "none" and plan.ema_decay is None and plan.select_window == 1
+    assert Plan().intensity_norm == "case"  # (new plans scale each case)
     assert Plan.from_dict(plan.to_dict()) == plan
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({**v1, "version": PLAN_VERSION + 1}))
