@@ -141,3 +141,18 @@ def test_fast_batched_set_is_seeded_keeps_labels_binary_and_its_state_is_checkpo
     x2, _ = a(x.clone(), y.clone())
     assert torch.equal(x1, x2)
     assert np.isfinite(xa.numpy()).all()
+
+
+def test_robust_is_the_default_set_with_a_wider_gamma():
+    """Same transforms in the same order as "default"; only the contrast step's gamma range is 0.5-2, and its
+    draws reach beyond 0.7-1.5 on both sides."""
+    default, robust = augmentation("default"), augmentation("robust")
+    assert [type(t) for t in default.transforms] == [type(t) for t in robust.transforms]
+    contrast = next(t for t in robust.transforms if isinstance(t, mt.RandAdjustContrastd))
+    adjuster = contrast.adjuster  # the array transform (prob 1) that draws gamma when the step applies
+    adjuster.set_random_state(seed=0)
+    drawn = []
+    for _ in range(400):
+        adjuster.randomize(None)
+        drawn.append(adjuster.gamma_value)
+    assert 0.5 <= min(drawn) < 0.6 and 1.9 < max(drawn) <= 2.0

@@ -424,3 +424,17 @@ def test_compile_auto_needs_a_2d_model_a_long_budget_and_a_cxx_compiler(monkeypa
     assert compiles(Plan(**{**plan, "compile": True, "time_budget_s": None})) and not compiles(Plan(**{**plan, "compile": False}))
     monkeypatch.setattr(speed_mod.shutil, "which", lambda name: None)  # no C++ compiler: inductor cannot build
     assert not compiles(Plan(**plan))
+
+
+def test_init_seed_changes_the_weights_not_the_split(tmp_path, lgg):
+    """init_seed re-draws the initialisation, sampling and augmentation on the same patients (the seed spread
+    of one split); init_seed equal to seed is the plain run, weight for weight."""
+    runs = {}
+    for name, init in (("plain", None), ("same", 0), ("other", 1)):
+        runs[name] = tmp_path / name
+        train(lgg, runs[name], epochs=1, settings={**TINY, "init_seed": init}, **KW)
+    plans = {n: json.loads((r / "plan.json").read_text()) for n, r in runs.items()}
+    assert plans["plain"]["split"] == plans["other"]["split"] and plans["other"]["init_seed"] == 1
+    assert_same_weights(runs["plain"], runs["same"])
+    wa, wb = weights(runs["plain"]), weights(runs["other"])
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)

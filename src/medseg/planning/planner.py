@@ -64,7 +64,7 @@ def make_plan(ds: DataSet, val_fraction: float = 0.2, seed: int = 0, preset: str
         raise MedsegError(None, f"unknown setting {sorted(unknown)[0]!r}; known: {', '.join(sorted(SETTINGS))}")
     train, val = split_patients(ds, val_fraction, seed, folds, fold)
     s.update(data_settings(ds, s))
-    if SPATIAL_DIMS.get(s["model"], 2) == 3 and s["augmentation"] == "default":
+    if SPATIAL_DIMS.get(s["model"], 2) == 3 and s["augmentation"] in ("default", "robust"):
         s["augmentation"] = "3d"  # the 2D default set does not apply to C x D x H x W patches
     plan = Plan(**s, seed=seed, val_fraction=val_fraction, folds=folds, fold=fold,
                 split={"train": train, "val": val})

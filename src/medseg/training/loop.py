@@ -108,7 +108,7 @@ class Loop:
 
     def __init__(self, plan: Plan, tr: Arrays, va: Arrays, run: Path, d: Dist, quiet: bool, resuming: bool):
         self.plan, self.run, self.d, self.device, self.quiet = plan, run, d, d.device, quiet
-        seed = plan.seed
+        seed = plan.seed if plan.init_seed is None else plan.init_seed
         torch.manual_seed(seed)
         random.seed(seed)
         module = build_model(plan.model, plan.in_channels, 1, **plan.model_args)
