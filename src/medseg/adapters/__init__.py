@@ -6,7 +6,7 @@ from . import busi, cbis, folder, ircadb, lgg, nifti  # noqa: F401  (registratio
 from .base import Adapter, DataSet, Item, adapters, load_dataset, register
 from ..errors import MedsegError
 
-__all__ = ["Adapter", "DataSet", "Item", "adapters", "channel_names", "load_dataset", "register"]
+__all__ = ["CHANNEL_NAMES", "Adapter", "DataSet", "Item", "adapters", "channel_names", "load_dataset", "register"]
 
 # nnU-Net normalises by channel name: "CT" -> dataset-wide CT clipping and z-score; anything else -> per-image z-score
 CHANNEL_NAMES: dict[str, tuple[str, ...]] = {

@@ -91,6 +91,11 @@ class Plan:
     select_window: int = _setting(5, "best checkpoint: the epoch ending the best running mean of this many "
                                      "validation Dice values (1: the single best epoch)", 1)
 
+    # kaggle_3m marks a missing pre- or post-contrast scan with a copy of FLAIR; without training on such
+    # copies a patient missing both got an empty mask (planning.planner.LAYOUT_DEFAULTS sets it for "lgg")
+    channel_fill: dict | None = _setting(None, 'train with each channel but "source" replaced by a copy of it '
+                                               'with probability "prob", as a layout marks a missing sequence, '
+                                               'e.g. {"source": 1, "prob": 0.15} (null: off)')
     init_seed: int | None = _setting(None, "seed of the weights' initialisation, sampling and augmentation "
                                            "(null: the split's seed); another value trains on the same split")
 
@@ -202,6 +207,7 @@ class Plan:
         if self.intensity_norm not in INTENSITY_NORMS:
             raise MedsegError(None, f"intensity_norm must be one of {', '.join(INTENSITY_NORMS)}, "
                                     f"got {self.intensity_norm!r}")
+        self._check_channel_fill()
         if (self.precision or "auto") not in PRECISIONS:
             raise MedsegError(None, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if spatial_dims == 3:
@@ -210,6 +216,17 @@ class Plan:
                 raise MedsegError(None, f"augmentation {self.augmentation!r} is for 2D images; the 3D model "
                                         f"takes '3d' or 'none'")
         return self
+
+
+    def _check_channel_fill(self) -> None:
+        f = self.channel_fill
+        if f is None:
+            return
+        ok = isinstance(f, dict) and set(f) == {"source", "prob"} and isinstance(f["source"], int) \
+            and not isinstance(f["source"], bool) and 0 <= f["source"] < max(1, int(self.channels))
+        if not ok or isinstance(f["prob"], bool) or not isinstance(f["prob"], (int, float)) or not 0 <= f["prob"] <= 1:
+            raise MedsegError(None, f'channel_fill must be {{"source": a channel index below {self.channels}, '
+                                    f'"prob": 0..1}} or null, got {f!r}')
 
 
 def _check_range(key: str, v, lo, hi, closed: bool) -> None:

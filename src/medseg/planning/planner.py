@@ -9,14 +9,18 @@ from __future__ import annotations
 import json
 from importlib.resources import files
 
-from ..adapters import DataSet
+from ..adapters import CHANNEL_NAMES, DataSet
 from ..errors import MedsegError
 from ..models import SPATIAL_DIMS
 from .plan import DEFAULTS, SETTINGS, Plan
 from .split import split_patients
 
-# What a layout needs whatever the preset (none at present: the hook stays for layouts that need one).
-LAYOUT_DEFAULTS: dict[str, dict] = {}
+# What a layout needs unless a preset or the user says otherwise. kaggle_3m: a missing pre- or post-contrast
+# scan is a copy of FLAIR in its channel; training with such copies (each other channel with probability
+# 0.15) keeps those patients from an empty mask (transforms.RandFillChannels).
+LAYOUT_DEFAULTS: dict[str, dict] = {
+    "lgg": {"channel_fill": {"source": CHANNEL_NAMES["lgg"].index("FLAIR"), "prob": 0.15}},
+}
 
 
 def presets() -> dict[str, dict]:

@@ -1,0 +1,73 @@
+"""Missing sequences as the data set marks them: transforms.RandFillChannels and the LGG plan default.
+
+kaggle_3m puts FLAIR in place of a missing pre- or post-contrast scan; a model that never trained on such
+copies gave those patients an empty mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.errors import MedsegError
+from medseg.planning.plan import Plan
+from medseg.planning.planner import make_plan
+from medseg.adapters import load_dataset
+from medseg.transforms import IMAGE, LABEL, augmentation
+
+from conftest import write_lgg_replica
+
+
+def _sample(slices: int = 3, per: int = 3) -> dict:
+    """Channel c of neighbour slice s holds the constant 10 * s + c: any copy is visible in the values."""
+    img = torch.stack([torch.full((8, 8), 10.0 * s + c) for s in range(slices) for c in range(per)])
+    return {IMAGE: img, LABEL: torch.ones(1, 8, 8)}
+
+
+def test_every_other_channel_becomes_a_copy_of_the_source_in_each_slice():
+    aug = augmentation("none", {"source": 1, "prob": 1.0}, 3)
+    aug.set_random_state(seed=0)
+    out = aug(_sample())
+    values = torch.as_tensor(out[IMAGE])[:, 0, 0].tolist()
+    assert values == [1, 1, 1, 11, 11, 11, 21, 21, 21]  # slice s: every channel is 10 s + 1
+    assert torch.equal(torch.as_tensor(out[LABEL]), torch.ones(1, 8, 8))
+
+
+def test_with_probability_some_samples_lose_one_or_both_channels_and_the_source_stays():
+    aug = augmentation("none", {"source": 1, "prob": 0.3}, 3)
+    aug.set_random_state(seed=0)
+    kinds = {}
+    for _ in range(400):
+        v = torch.as_tensor(aug(_sample(1))[IMAGE])[:, 0, 0].tolist()
+        assert v[1] == 1  # the source channel is never replaced
+        key = (v[0] == 1, v[2] == 1)
+        kinds[key] = kinds.get(key, 0) + 1
+    # each other channel independently with p = 0.3: none 49%, one of them 21% each, both 9%
+    assert kinds[(False, False)] / 400 == pytest.approx(0.49, abs=0.08)
+    assert kinds[(True, True)] / 400 == pytest.approx(0.09, abs=0.05)
+    assert min(kinds[(True, False)], kinds[(False, True)]) / 400 > 0.12
+
+
+def test_the_batched_set_fills_too_and_without_fill_nothing_is_copied():
+    x = torch.stack([_sample(1)[IMAGE]] * 4) / 100
+    y = torch.zeros(4, 1, 8, 8)
+    filled = augmentation("fast", {"source": 1, "prob": 1.0}, 3)
+    filled.set_random_state(seed=0)
+    fx, _ = filled(x.clone(), y.clone())
+    assert all(torch.equal(fx[b, 0], fx[b, 1]) and torch.equal(fx[b, 2], fx[b, 1]) for b in range(4))
+    plain = augmentation("none", None, 3)
+    assert torch.equal(torch.as_tensor(plain(_sample())[IMAGE]), _sample()[IMAGE])
+
+
+def test_lgg_plans_fill_from_flair_other_layouts_and_the_buda_preset_do_not(tmp_path):
+    ds = load_dataset(write_lgg_replica(tmp_path / "kaggle_3m"))
+    assert make_plan(ds).channel_fill == {"source": 1, "prob": 0.15}  # FLAIR is channel 1 of kaggle_3m
+    assert make_plan(ds, preset="lgg").channel_fill is None  # Buda et al.'s recipe as published
+    assert make_plan(ds, settings={"channel_fill": None}).channel_fill is None
+    assert Plan().channel_fill is None
+
+
+@pytest.mark.parametrize("bad", [{"source": 3, "prob": 0.1}, {"source": 1, "prob": 1.5}, {"source": 1}, [1, 0.1]])
+def test_a_bad_channel_fill_is_one_line(bad):
+    with pytest.raises(MedsegError, match="channel_fill must be"):
+        Plan(channels=3, channel_fill=bad).validate()
