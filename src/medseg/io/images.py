@@ -248,22 +248,48 @@ def read_mask(paths: list[Path], shape: tuple[int, int], values: tuple[int, ...]
     foreground (multi-class masks); without, binary masks are thresholded at half their maximum."""
     out = np.zeros(shape, dtype=bool)
     for p in paths:
-        arr = read_raw(Path(p), z)
-        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():  # else the whole slice reads as empty (fuzzer)
-            raise MedsegError(p, "mask contains NaN or Inf values")
-        if arr.ndim == 3:
-            if not (arr == arr[..., :1]).all():
-                raise MedsegError(p, "colour mask (its channels differ): expected a grey or black/white mask")
-            arr = arr[..., 0]
-        if arr.shape != tuple(shape):
-            raise MedsegError(p, f"mask is {arr.shape[1]}x{arr.shape[0]} but its image is {shape[1]}x{shape[0]}")
-        if values:
-            out |= np.isin(arr, values)
-        else:
-            hi = arr.max() if arr.size else 0
-            _check_binary(p, arr, hi)
-            out |= arr > (0 if hi <= 1 else hi / 2)
+        arr = _mask_array(Path(p), shape, z)
+        out |= _foreground(p, arr, values)
     return out
+
+
+def read_labels(paths: list[Path], shape: tuple[int, int], classes: list[dict], mask_classes: tuple[int, ...] = (),
+                z: int | None = None) -> np.ndarray:
+    """A multi-class run's label map: H x W uint8 class indices (0 background, k for classes[k - 1]).
+    With `mask_classes` (3D-IRCADb: one binary mask file per structure) file j is class mask_classes[j];
+    otherwise each file is a label map whose values in class k's "labels" become k. Where classes overlap,
+    the later one wins (a tumour inside the liver is tumour)."""
+    out = np.zeros(shape, dtype=np.uint8)
+    for j, p in enumerate(paths):
+        arr = _mask_array(Path(p), shape, z)
+        if mask_classes:
+            out[_foreground(p, arr, ())] = mask_classes[j]
+            continue
+        for k, c in enumerate(classes, 1):
+            out[np.isin(arr, c.get("labels") or [c["value"]])] = k
+    return out
+
+
+def _mask_array(p: Path, shape: tuple[int, int], z: int | None) -> np.ndarray:
+    """One mask file (slice z) as H x W, checked: finite, grey, the image's size."""
+    arr = read_raw(p, z)
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():  # else the whole slice reads as empty (fuzzer)
+        raise MedsegError(p, "mask contains NaN or Inf values")
+    if arr.ndim == 3:
+        if not (arr == arr[..., :1]).all():
+            raise MedsegError(p, "colour mask (its channels differ): expected a grey or black/white mask")
+        arr = arr[..., 0]
+    if arr.shape != tuple(shape):
+        raise MedsegError(p, f"mask is {arr.shape[1]}x{arr.shape[0]} but its image is {shape[1]}x{shape[0]}")
+    return arr
+
+
+def _foreground(p: Path, arr: np.ndarray, values: tuple[int, ...]) -> np.ndarray:
+    if values:
+        return np.isin(arr, values)
+    hi = arr.max() if arr.size else 0
+    _check_binary(p, arr, hi)
+    return arr > (0 if hi <= 1 else hi / 2)
 
 
 def _check_binary(path: Path, arr: np.ndarray, hi) -> None:
