@@ -74,8 +74,9 @@ def read_item(it: Item, prep: dict) -> tuple[np.ndarray, np.ndarray]:
     """One item at its own size: (C x H x W float32 image in [0, 1], H x W bool mask); with classes in
     `prep` (a multi-class run) the mask is an H x W uint8 label map of class indices."""
     img = read_image(it.image, prep["channels"], prep.get("intensity"), it.z, it.extra_channels)
-    if prep.get("classes"):
-        return img, read_labels(list(it.masks), img.shape[1:], prep["classes"], it.meta.get("mask_classes", ()), it.z)
+    if prep.get("classes"):  # with a class_index (evaluation.multiclass): that class's bool mask
+        labels = read_labels(list(it.masks), img.shape[1:], prep["classes"], it.meta.get("mask_classes", ()), it.z)
+        return img, (labels == prep["class_index"] if prep.get("class_index") else labels)
     mask = read_mask(list(it.masks), img.shape[1:], tuple(prep.get("target_values") or ()), it.z)
     return img, mask
 

@@ -319,6 +319,40 @@ def write_mask_png(path: Path, mask: np.ndarray) -> None:
         Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(tmp, format="PNG")
 
 
+def write_label_png(path: Path, labels: np.ndarray) -> None:
+    """Write a label map (uint8 class values, as they are) as an 8-bit PNG, atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(labels, dtype=np.uint8), mode="L").save(tmp, format="PNG")
+
+
+# One colour per class of a multi-class run (class k: CLASS_COLOURS[(k - 1) % len]); Okabe-Ito's
+# colour-blind-safe set, the same in the report's legend, the prediction overlays and the viewer.
+CLASS_COLOURS = ((230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
+                 (204, 121, 167), (255, 255, 255))
+
+
+def class_colour(k: int) -> tuple[int, int, int]:
+    return CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)]
+
+
+def overlay_labels(img: np.ndarray, labels: np.ndarray, fill: float = 0.45, max_side: int = 320,
+                   outline: np.ndarray | None = None) -> np.ndarray:
+    """RGB uint8 picture of a multi-class label map (class indices) over the C x H x W image in [0, 1]: each
+    class filled in its colour (CLASS_COLOURS) at `fill` opacity; `outline` (another label map, e.g. the
+    ground truth) drawn as white outlines. At most `max_side` pixels a side."""
+    rgb = img if img.shape[0] == 3 else np.repeat(img[:1], 3, axis=0)
+    rgb = (np.moveaxis(rgb, 0, -1) * 255).clip(0, 255).astype(np.float32)
+    for k in [int(v) for v in np.unique(labels) if v]:
+        rgb[labels == k] = (1 - fill) * rgb[labels == k] + fill * np.array(class_colour(k), np.float32)
+    rgb = rgb.astype(np.uint8)
+    if outline is not None:
+        for k in [int(v) for v in np.unique(outline) if v]:
+            m = outline == k
+            rgb[m & ~ndimage.binary_erosion(m, iterations=max(1, max(m.shape) // 256))] = class_colour(k)
+    step = thumb_step(rgb.shape[:2], max_side)
+    return rgb[::step, ::step]
+
+
 def overlay(img: np.ndarray, gt: np.ndarray, pred: np.ndarray, max_side: int = 320) -> np.ndarray:
     """RGB uint8 picture for reports, overlays and TensorBoard: the C x H x W image in [0, 1] (grey or
     RGB), the ground-truth outline green, the prediction outline red; at most `max_side` pixels a side."""
