@@ -147,11 +147,7 @@ def spacing_xyz(it: Item) -> tuple[float, float, float] | None:
 
 
 ALL = "all"  # --target all: every label of a label map as its own class (the default for label maps)
-TARGET_HELP = ("structure(s) to segment. One name: a binary run. Several, comma-separated: one multi-class "
-               "model, class k = the k-th entry (later ones win where structures overlap). An entry may merge "
-               "sources as NAME=a+b, and (3D-IRCADb) take a folder pattern: --target liver,tumour=livertumor* ; "
-               "label maps (NIfTI/MSD, folder masks): 'all' (the default: every label its own class) or "
-               "'foreground' (every non-zero label as one)")
+
 
 
 def class_specs(target: str, where: Path | None) -> list[tuple[str, list[str]]]:

@@ -188,7 +188,7 @@ class Predictor:
             probs = (probs + volume_probs(self.model, volume.flip(-1), self.plan).flip(-1)
                      + volume_probs(self.model, volume.flip(-2), self.plan).flip(-2)) / 3
         probs = probs if self.plan.classes else probs[:, None]  # D x C x S x S, C = 1 or K + 1
-        out = np.empty((len(shrunk), *probs.shape[1:-2], *hw), dtype=np.float16)
+        out = np.empty((len(shrunk), *(probs.shape[1:-2] if self.plan.classes else ()), *hw), dtype=np.float16)
         for z in range(0, len(shrunk), 32):
             out[z:z + 32] = squeeze_binary(unfit(probs[z:z + 32], tuple(hw), self.plan.keep_aspect)).numpy()
         if bar is not None:
