@@ -262,3 +262,31 @@ def test_balanced_sampling_draws_a_rare_class_as_often_as_a_common_one():
     with_two = presence[drawn, 1].mean()
     assert 0.22 < with_two < 0.28  # half the lesion draws (a quarter of all) show class 2, not 3%
     assert len(drawn) == 4000 and presence[drawn].any(1).mean() > 0.5
+    # and training draws this way: a multi-class plan's epochs (the default "lesion" sampling)
+    from medseg.adapters import Item
+    from medseg.data.arrays import Arrays
+    from medseg.training.dist import Dist
+    from medseg.training.loop import SliceFeed
+    plan = Plan(classes=[{"name": "a", "value": 1}, {"name": "b", "value": 2}], loss="ce+dice", batch_size=40)
+    arrays = Arrays(torch.zeros(100, 1, 4, 4, dtype=torch.uint8), masks, [Item(Path(f"{i}"), (), f"{i}") for i in range(100)])
+    feed = SliceFeed(plan, arrays, arrays.subset([False] * 100), Dist())
+    drawn = np.concatenate([feed.draw(np.random.default_rng(e)) for e in range(6)])
+    assert 0.2 < presence[drawn, 1].mean() < 0.3
+
+
+def test_3d_patch_centres_pick_a_class_first():
+    """volume-3d: a centred patch picks one of the case's classes, then a voxel of it (nnU-Net's rule), so a
+    one-voxel class is the centre of about half the centred draws."""
+    from medseg.adapters import Item
+    from medseg.data.arrays import Arrays
+    from medseg.data.volumes import sample_patches, to_volumes
+    masks = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    masks[:, 0, :6, :6] = 1
+    masks[2, 0, 7, 7] = 2
+    arrays = Arrays(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), masks, [Item(Path(f"{i}"), (), "p", i) for i in range(4)])
+    vols = to_volumes(arrays, 2)
+    centres = sample_patches(vols, 2000, 1.0, np.random.default_rng(0))
+    on_two = (centres[:, 1:] == [2, 7, 7]).all(1).mean()
+    assert 0.45 < on_two < 0.55
+    binary = sample_patches(to_volumes(arrays), 2000, 1.0, np.random.default_rng(0))  # binary: voxels alike
+    assert (binary[:, 1:] == [2, 7, 7]).all(1).mean() < 0.01
