@@ -290,3 +290,41 @@ def test_3d_patch_centres_pick_a_class_first():
     assert 0.45 < on_two < 0.55
     binary = sample_patches(to_volumes(arrays), 2000, 1.0, np.random.default_rng(0))  # binary: voxels alike
     assert (binary[:, 1:] == [2, 7, 7]).all(1).mean() < 0.01
+
+
+def test_service_and_viewer_show_each_class_in_its_colour(folder_run, tmp_path):
+    """POST /view gives class indices and the classes' colours; with a truth label map /predict scores each
+    class; the viewer draws each class in its colour, lists them in a legend, and a class's own opacity
+    slider at 0 removes its colour alone."""
+    import httpx
+    from medseg.app.serve import create_app
+    from medseg.io.images import class_colour
+    from test_serve import _chromium, _upload_and_wait, live
+    run, root = folder_run
+    image, truth = root / "images" / "img_4.png", root / "masks" / "img_4.png"
+    with live(create_app(run)) as url:
+        body = httpx.post(f"{url}/view", files={"file": ("x.png", image.read_bytes())}, timeout=60).json()
+        assert [(c["name"], c["colour"]) for c in body["classes"]] == [("1", list(class_colour(1))),
+                                                                     ("2", list(class_colour(2)))]
+        scored = httpx.post(f"{url}/predict", files={"file": ("x.png", image.read_bytes()),
+                                                     "truth": ("t.png", truth.read_bytes())}, timeout=60).json()
+        assert set(scored["per_class"]) == {"1", "2"} and 0 <= scored["per_class"]["2"]["dice"] <= 1
+        driver = _chromium(tmp_path)
+        try:
+            driver.get(url + "/")
+            _upload_and_wait(driver, image)
+            count = """const [r, g, b] = arguments[0], c = document.getElementById('canvas');
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+                for (let i = 0; i < d.length; i += 4) {  // the pixel leans towards the colour: tinted by it
+                  const dr = d[i] - d[i + 1], db = d[i + 2] - d[i + 1];
+                  if (Math.sign(dr) === Math.sign(r - g) && Math.sign(db) === Math.sign(b - g) && Math.abs(dr) + Math.abs(db) > 30) n++; }
+                return n;"""
+            legend = driver.execute_script("return Array.from(document.querySelectorAll('#classes .cls')).map(r => r.textContent)")
+            assert legend == ["1 (1)", "2 (2)"] and driver.execute_script("return !document.getElementById('legend').hidden")
+            one = driver.execute_script(count, list(class_colour(1)))
+            assert one > 0, "class 1's colour not drawn"
+            driver.execute_script("const r = document.getElementById('class-1'); r.value = 0; r.dispatchEvent(new Event('input'))")
+            assert driver.execute_script(count, list(class_colour(1))) == 0
+            assert driver.execute_script("return document.images.length") == 0  # no <img> (nothing to show broken)
+        finally:
+            driver.quit()

@@ -248,7 +248,7 @@ def read_mask(paths: list[Path], shape: tuple[int, int], values: tuple[int, ...]
     foreground (multi-class masks); without, binary masks are thresholded at half their maximum."""
     out = np.zeros(shape, dtype=bool)
     for p in paths:
-        arr = _mask_array(Path(p), shape, z)
+        arr = mask_array(Path(p), shape, z)
         out |= _foreground(p, arr, values)
     return out
 
@@ -261,7 +261,7 @@ def read_labels(paths: list[Path], shape: tuple[int, int], classes: list[dict], 
     the later one wins (a tumour inside the liver is tumour)."""
     out = np.zeros(shape, dtype=np.uint8)
     for j, p in enumerate(paths):
-        arr = _mask_array(Path(p), shape, z)
+        arr = mask_array(Path(p), shape, z)
         if mask_classes:
             out[_foreground(p, arr, ())] = mask_classes[j]
             continue
@@ -270,7 +270,7 @@ def read_labels(paths: list[Path], shape: tuple[int, int], classes: list[dict], 
     return out
 
 
-def _mask_array(p: Path, shape: tuple[int, int], z: int | None) -> np.ndarray:
+def mask_array(p: Path, shape: tuple[int, int], z: int | None) -> np.ndarray:
     """One mask file (slice z) as H x W, checked: finite, grey, the image's size."""
     arr = read_raw(p, z)
     if arr.dtype.kind in "fc" and not np.isfinite(arr).all():  # else the whole slice reads as empty (fuzzer)
