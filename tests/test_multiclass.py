@@ -328,3 +328,23 @@ def test_service_and_viewer_show_each_class_in_its_colour(folder_run, tmp_path):
             assert driver.execute_script("return document.images.length") == 0  # no <img> (nothing to show broken)
         finally:
             driver.quit()
+
+
+def test_compare_matches_cases_per_class(folder_run, tmp_path):
+    from medseg.evaluation.compare import compare
+    run, _ = folder_run
+    if not (run / "eval" / "cases.csv").is_file():
+        assert run_cli("evaluate", str(run)) == 0
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    rows = read_csv(other / "eval" / "cases.csv")
+    for r in rows:  # the other run: class 2 a little worse on every case
+        r["dice"] = str(float(r["dice"]) - 0.1) if r["class"] == "2" else r["dice"]
+    with (other / "eval" / "cases.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    result = compare([run, other], quiet=True)
+    assert set(result["per_class"]) == {"1", "2"}
+    assert result["per_class"]["1"]["runs"][1]["vs_first"]["mean_diff"] == pytest.approx(0.0)
+    assert result["per_class"]["2"]["runs"][1]["vs_first"]["mean_diff"] == pytest.approx(-0.1)
