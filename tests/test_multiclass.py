@@ -348,3 +348,13 @@ def test_compare_matches_cases_per_class(folder_run, tmp_path):
     assert set(result["per_class"]) == {"1", "2"}
     assert result["per_class"]["1"]["runs"][1]["vs_first"]["mean_diff"] == pytest.approx(0.0)
     assert result["per_class"]["2"]["runs"][1]["vs_first"]["mean_diff"] == pytest.approx(-0.1)
+
+
+def test_nnunet_export_of_a_multiclass_set_names_each_label(tmp_path):
+    from medseg.data.nnunet_export import export_nnunet
+    root = write_msd_replica(tmp_path / "Task03_Liver")
+    out = export_nnunet(root, tmp_path / "raw", 7, "Liver", progress=False)
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["labels"] == {"background": 0, "liver": 1, "cancer": 2}
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(next((out / "labelsTr").glob("*.nii.gz")))))
+    assert set(np.unique(label)) == {0, 1, 2}
