@@ -18,6 +18,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,6 +36,7 @@ from ..errors import MedsegError, atomic_path, check_output
 from ..inference.checkpoint import fold_runs
 from ..inference.predictor import Predictor
 from ..io.images import overlay, thumb_step
+from .multiclass import evaluate_classes
 from .report import render_report, write_report
 from . import stress as stress_shifts
 
@@ -75,8 +77,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
     _check_outputs(run_folder, tune)
     ds = load_dataset(data, layout or (plan.layout if same else "auto"), plan.target_name)
     if plan.classes:
-        from .multiclass import evaluate_classes
-        return evaluate_classes(Scope(run, run_folder, ds, data, split, same, tta, quiet), predictor)
+        return evaluate_classes(Scope(run, run_folder, ds, data, split, same, tta, quiet), predictor, BINARY)
     current = postprocess.load(run_folder, plan)
     candidates = CANDIDATES if tune else []
     if tune and current not in candidates:
@@ -592,3 +593,8 @@ def _print_summary(result: dict) -> None:
         what = "normal images (empty ground truth)" if result["layout"] == "busi" else "cases with empty ground truth"
         Console().print(f"{result['n_empty_cases']} {what}: "
                         f"{result['empty_cases_predicted_empty']:.0%} predicted empty (not in the headline Dice)")
+
+
+# The binary scoring steps, handed to evaluation.multiclass (which scores each class as a binary segmentation).
+BINARY = SimpleNamespace(score=score, collect=_collect, summarise=_summarise, fingerprint=_fingerprint,
+                         write_tables=_write_tables, read_log=_read_log, notes=_report_notes)

@@ -9,6 +9,8 @@ scored. There is no threshold or post-processing sweep: the labels are the argma
 RUN/eval/metrics.json holds {"classes", "per_class": {name: the binary result}, "mean": {metric: the mean of
 the classes' means}, ...}; cases.csv and slices.csv one row per class and case (column "class"); the
 report a per-class table and pictures with each class in its own colour (prediction filled, truth outlined).
+The binary scorer is handed in by evaluate.evaluate (`core`: evaluate.BINARY) rather than imported, so that
+the two modules do not import each other.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from rich.table import Table
 from . import metrics
 from ..data.arrays import prep_of, read_item
 from ..io.images import class_colour, overlay_labels
-from .evaluate import (Scope, _collect, _fingerprint, _read_log, _report_notes, _summarise, _write_tables, score)
 from .report import render_report, write_report
 
 ARGMAX = {"threshold": 0.5, "largest": False, "min_area": 0.0}  # 1.0 where the argmax is the class, else 0.0
@@ -54,27 +55,30 @@ class ClassView:
         return (self.labels[key] == self.k).astype(np.float16)
 
 
-def evaluate_classes(scope: Scope, predictor) -> dict:
-    """`medseg evaluate` of a multi-class run: RUN/eval/ with per-class metrics and their mean."""
+def evaluate_classes(scope, predictor, core) -> dict:
+    """`medseg evaluate` of a multi-class run: RUN/eval/ with per-class metrics and their mean. `scope`:
+    evaluate.Scope; `core`: evaluate.BINARY, the binary scoring steps."""
     plan, labels, order = predictor.plan, {}, []
     per_class, rows, slice_rows, items = {}, [], [], []
     for k, c in enumerate(plan.classes, 1):
-        scored, items, skipped = score(scope, predictor, ARGMAX, [], view=lambda p, k=k: ClassView(p, k, labels, order))
-        cases, slices, lesion_rows, _ = _collect(scored)
-        result = _summarise(cases, lesion_rows, scope.ds, scope.data, scope.split, plan, scope.tta, ARGMAX, ARGMAX, [])
+        view = lambda p, k=k: ClassView(p, k, labels, order)  # noqa: E731
+        scored, items, skipped = core.score(scope, predictor, ARGMAX, [], view=view)
+        cases, slices, lesion_rows, _ = core.collect(scored)
+        result = core.summarise(cases, lesion_rows, scope.ds, scope.data, scope.split, plan, scope.tta, ARGMAX,
+                                ARGMAX, [])
         result.update({"value": c["value"], "lesion_class": bool(LESION.search(c["name"])), "skipped": skipped})
-        result["fingerprint"] = _fingerprint(items, scored, scope.ds)
+        result["fingerprint"] = core.fingerprint(items, scored, scope.ds)
         per_class[c["name"]] = result
         rows += [{"class": c["name"], **r} for r in cases]
         slice_rows += [{"class": c["name"], **r} for r in slices]
     result = _combine(per_class, plan)
     folder = scope.run_folder / "eval"
-    _write_tables(folder, result, rows, slice_rows)
+    core.write_tables(folder, result, rows, slice_rows)
     pictures = _pictures(scope, predictor, rows, slice_rows, labels, order, items)
-    notes = [ARGMAX_TEXT + ".", *_report_notes({**next(iter(per_class.values())), "tuned": False})]
+    notes = [ARGMAX_TEXT + ".", *core.notes({**next(iter(per_class.values())), "tuned": False})]
     write_report(folder / "report.html", render_report(
         f"medseg evaluation: {scope.run_folder.name}", _summary(result), rows, pictures,
-        _read_log(scope.run_folder / "log.csv"), notes, config=plan, per_class=_table(result),
+        core.read_log(scope.run_folder / "log.csv"), notes, config=plan, per_class=_table(result),
         legend=[(c["name"], class_colour(k)) for k, c in enumerate(plan.classes, 1)]))
     if not scope.quiet:
         _print(result)
@@ -124,7 +128,7 @@ def _summary(result: dict) -> dict:
             "Labels": ARGMAX_TEXT, "Checkpoint epoch": result["checkpoint_epoch"]}
 
 
-def _pictures(scope: Scope, predictor, rows: list, slice_rows: list, labels: dict, order: list, items: list) -> list:
+def _pictures(scope, predictor, rows: list, slice_rows: list, labels: dict, order: list, items: list) -> list:
     """The worst, median and best cases by their mean Dice over the classes, then up to 12 more: at the slice
     with the most ground truth of any class, the predicted classes filled, the truth outlined."""
     by_case: dict[str, list[float]] = {}
