@@ -534,7 +534,7 @@ def _eval_cases(run_folder: Path) -> dict:
         return {"run": run_folder.name, "summary": None, "columns": [], "rows": []}
     with f.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    cols = [c for c in ("case", "group", "dice", "iou", "precision", "recall", "hd95", "gt_pixels", "pred_pixels")
+    cols = [c for c in ("class", "case", "group", "dice", "iou", "precision", "recall", "hd95", "gt_pixels", "pred_pixels")
             if rows and c in rows[0]]
     s = _summary(run_folder) or {}
     d = s.get("dice") or {}

@@ -73,6 +73,8 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
         raise MedsegError(None, f"--split must be 'val' or 'all', got {split!r}")
     tune = (split == "val" and same) if tune is None else tune
     if plan.classes:  # per class, at the argmax: no threshold sweep, no stress test (evaluation.multiclass)
+        if stress:
+            raise MedsegError(None, "--stress is for binary runs; a multi-class run is evaluated per class without it")
         tune = False
     _check_outputs(run_folder, tune)
     ds = load_dataset(data, layout or (plan.layout if same else "auto"), plan.target_name)

@@ -94,12 +94,14 @@ def _combine(per_class: dict, plan) -> dict:
             "distance_unit", "n_cases", "headline")
     return {**{k: first[k] for k in keep}, "classes": [{"name": c["name"], "value": c["value"]} for c in plan.classes],
             "postprocess_text": ARGMAX_TEXT, "tuned": False, "mean": mean,
-            "dice": {"mean": mean["dice"], "n": len(per_class)}, "per_class": per_class}
+            "dice": {"mean": mean["dice"], "median": _mean([r["dice"].get("mean") for r in per_class.values()], np.median),
+                     "n": len(per_class), "of": "the classes' mean Dice"}, "per_class": per_class}
 
 
-def _mean(values: list) -> float:
+def _mean(values: list, how=np.mean) -> float:
+    """The mean (or `how`) of the defined values (a class without cases has none)."""
     v = [x for x in values if x is not None and not np.isnan(x)]
-    return float(np.mean(v)) if v else float("nan")
+    return float(how(v)) if v else float("nan")
 
 
 def _table(result: dict) -> list[dict]:
@@ -135,12 +137,14 @@ def _pictures(scope, predictor, rows: list, slice_rows: list, labels: dict, orde
     for r in rows:
         by_case.setdefault(r["case"], []).append(r["dice"])
     ranked = sorted(by_case, key=lambda c: float(np.nanmean(by_case[c])))
-    picks = {"worst": ranked[0], "median": ranked[len(ranked) // 2], "best": ranked[-1]}
-    picks.update({c: c for c in ranked[:12] if c not in picks.values()})
+    picks: dict[str, str] = {}  # case -> its caption's label; a case is shown once
+    for label, case in (("worst", ranked[0]), ("median", ranked[len(ranked) // 2]), ("best", ranked[-1]),
+                        *((c, c) for c in ranked[:12])):
+        picks.setdefault(case, label)
     cases = list(dict.fromkeys(it.case for it in items))
     prep = prep_of(predictor.plan)
     out = []
-    for label, case in picks.items():
+    for case, label in picks.items():
         pos = _best_slice([r for r in slice_rows if r["case"] == case])
         member = [it for it in items if it.case == case][pos]
         img, gt = read_item(member, prep)

@@ -345,7 +345,10 @@ class Writer:
             raise MedsegError(inp.path, f"--format {fmt} is for volumes and DICOM series; a 2D image takes png or tif")
         out = [inp.stem.with_name(inp.stem.name + (".png" if fmt == "png" else ".tif"))]
         (self.staging / out[0]).parent.mkdir(parents=True, exist_ok=True)
-        (write_label_png if fmt == "png" else _write_tif)(self.staging / out[0], self.p.values(mask))
+        if fmt == "png" and not self.p.plan.classes:
+            write_mask_png(self.staging / out[0], mask)
+        else:  # a multi-class run's label map with its classes' values, or a TIF of either
+            (write_label_png if fmt == "png" else _write_tif)(self.staging / out[0], self.p.values(mask))
         if self.prob:
             out.append(inp.stem.with_name(inp.stem.name + "_prob.png"))
             _write_png16(self.staging / out[-1], self.p.foreground(prob))
