@@ -87,7 +87,8 @@ def test_images_masks_layout(tmp_path, masks, mask_suffix):
 
 def test_label_map_masks_by_value(tmp_path):
     root = write_images_masks(tmp_path / "data", labels=True)
-    ds = load_dataset(root)
+    assert [c["value"] for c in load_dataset(root).classes] == [1, 2]  # by default each label its own class
+    ds = load_dataset(root, target="foreground")
     assert ds.target == "foreground" and ds.target_values == (1, 2)  # every label, not the top one only
     it = ds.items[0]
     _, lab = _pair(0, labels=True)
@@ -108,7 +109,8 @@ def test_rare_label_outside_the_sample_is_found(tmp_path, monkeypatch):
     arr[:3, :3] = 3
     tifffile.imwrite(rare, arr)
     monkeypatch.setattr(folder, "SAMPLE", 2)
-    assert load_dataset(root).target_values == (1, 2, 3)
+    assert load_dataset(root, target="foreground").target_values == (1, 2, 3)
+    assert [c["value"] for c in load_dataset(root).classes] == [1, 2, 3]
     assert load_dataset(root, target="3").target_values == (3,)
 
 

@@ -26,6 +26,7 @@ the others and the README run in the default suite.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -155,6 +156,12 @@ def named_outputs(doc: Path) -> list[Path]:
     return [Path(p) for p in re.findall(r"`((?:runs|masks)/[^`]+)`", text) if "..." not in p and "<" not in p]
 
 
+def _multiclass(run: str) -> bool:
+    """A multi-class run's evaluate takes the argmax: it tunes no threshold (no RUN/postprocess.json)."""
+    plan = Path(run) / "plan.json"
+    return plan.is_file() and bool(json.loads(plan.read_text()).get("classes"))
+
+
 def check_writes(name: str, args: list[str], comment: str) -> None:
     """The files the documentation says `medseg ARGS` writes are there."""
     pos, opts = parse(args)
@@ -163,7 +170,7 @@ def check_writes(name: str, args: list[str], comment: str) -> None:
     run = opts.get("--out") if verb == "train" else pos[1] if verb == "evaluate" else None
     files = dict(WRITES.get(verb, {}))
     if verb == "evaluate" and (opts.get("--tune") or (len(pos) == 2 and opts.get("--split", "val") == "val"
-                                                       and "--no-tune" not in opts)):
+                                                       and "--no-tune" not in opts)) and not _multiclass(run):
         files.update(TUNED)
     for rel in files:
         path = Path(run) / rel

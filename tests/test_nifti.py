@@ -22,7 +22,7 @@ PERCENTILE = {"mode": "percentile", "low": 0.5, "high": 99.5}
 
 
 def prep(ds) -> dict:
-    return {"channels": ds.channels, "intensity": ds.intensity, "target_values": ds.target_values}
+    return {"channels": ds.channels, "intensity": ds.intensity, "target_values": ds.target_values, "classes": ds.classes}
 
 
 @pytest.fixture
@@ -34,7 +34,10 @@ def test_nnunet_v2_two_channels(nnunet):
     ds = load_dataset(nnunet)
     assert ds.layout == "nifti" and ds.channels == 2 and ds.unit == "patient" and ds.intensity == PERCENTILE
     assert ds.patients == ["prostate_000", "prostate_001"] and len(ds.items) == 12
-    assert ds.target == "foreground" and ds.target_values == (1, 2)  # every non-zero label, named in dataset.json
+    # by default every single-valued label is its own class, as dataset.json names it (region "whole" left out)
+    assert ds.target == "all" and [(c["name"], c["value"]) for c in ds.classes] == [("organ", 1), ("tumour", 2)]
+    fg = load_dataset(nnunet, target="foreground")
+    assert fg.target == "foreground" and fg.target_values == (1, 2) and fg.classes == []  # every non-zero label
     it = ds.items[3]
     assert it.image == nnunet / "imagesTr" / "prostate_000_0000.nii.gz"
     assert it.extra_channels == (nnunet / "imagesTr" / "prostate_000_0001.nii.gz",)
@@ -45,13 +48,13 @@ def test_nnunet_v2_two_channels(nnunet):
     (t2, adc), label = phantom(seed=0)
     img, mask = read_item(it, prep(ds))
     assert img.shape == (2, 32, 32) and img.dtype == np.float32
-    np.testing.assert_array_equal(mask, label[3] > 0)  # slice z of the label is slice z of the image
+    np.testing.assert_array_equal(mask, label[3])  # slice z of the label is slice z of the image (classes 1, 2)
     lo, hi = np.percentile(t2, [0.5, 99.5])  # per volume, not per slice
     np.testing.assert_allclose(img[0], np.clip((t2[3] - lo) / (hi - lo), 0, 1), atol=1e-5)
     lo, hi = np.percentile(adc, [0.5, 99.5])
     np.testing.assert_allclose(img[1], np.clip((adc[3] - lo) / (hi - lo), 0, 1), atol=1e-5)
     # the label map's two values both count: a half-maximum threshold would drop label 1 here
-    assert {1, 2} <= set(np.unique(label[3])) and mask.sum() == (label[3] > 0).sum()
+    assert {1, 2} <= set(np.unique(label[3])) and (mask > 0).sum() == (label[3] > 0).sum()
 
 
 @pytest.mark.parametrize("target, name, values", [("organ", "organ", (1,)), ("tumour", "tumour", (2,)),
@@ -79,7 +82,8 @@ def test_msd_layout(tmp_path):
     root = write_msd_replica(tmp_path / "Task03_Liver")
     ds = load_dataset(root)
     assert ds.layout == "nifti" and ds.channels == 1 and ds.patients == ["liver_0", "liver_1"]  # ._ files skipped
-    assert len(ds.items) == 12 and ds.items[0].extra_channels == () and ds.target_values == (1, 2)
+    assert len(ds.items) == 12 and ds.items[0].extra_channels == () and ds.classes == [
+        {"name": "liver", "value": 1, "labels": [1]}, {"name": "cancer", "value": 2, "labels": [2]}]
     assert all("imagesTs" not in str(it.image) for it in ds.items)
     cancer = load_dataset(root, target="cancer")
     assert cancer.target == "cancer" and cancer.target_values == (2,)
@@ -131,8 +135,9 @@ def test_images_labels_pair(tmp_path, ext, labels_dir):
 def test_pair_without_names_finds_label_values(tmp_path):
     root = write_pair_replica(tmp_path / "data", ext=".nii.gz")
     _, label = phantom(5, seed=20)
-    write_volume(root / "labels" / "scan1.nii.gz", label)  # 0/1/2: both count by default
-    ds = load_dataset(root)
+    write_volume(root / "labels" / "scan1.nii.gz", label)  # 0/1/2: both count as foreground
+    assert [c["name"] for c in load_dataset(root).classes] == ["1", "2"]  # by default each its own class
+    ds = load_dataset(root, target="foreground")
     assert ds.target_values == (1, 2)
     np.testing.assert_array_equal(read_item(ds.items[2 + 5], prep(ds))[1], label[2] > 0)
 
@@ -264,7 +269,7 @@ def test_real_ircadb_patient_as_nifti(tmp_path):
 def test_one_epoch_training(nnunet, tmp_path):
     from runs import train
     out = tmp_path / "run"
-    summary = train(nnunet, out, epochs=1, image_size=32, batch_size=2, val_fraction=0.5, quiet=True,
+    summary = train(nnunet, out, epochs=1, image_size=32, batch_size=2, val_fraction=0.5, quiet=True, target="foreground",
                     settings={"model_args": {"features": [8, 16, 32], "res_units": 1}})  # small: a smoke run
     plan = json.loads((out / "plan.json").read_text())
     assert summary["epochs"] == 1 and np.isfinite(summary["last_val_dice"])

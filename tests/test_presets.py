@@ -42,7 +42,10 @@ def test_preset_one_short_epoch_end_to_end(tmp_path, name):
     plan = json.loads((out / "plan.json").read_text())
     settings = presets()[name]["settings"]
     assert plan["preset"] == name
-    assert all(plan[k] == v for k, v in settings.items() if k not in ("image_size", "batch_size"))
+    # (the MSD replica's labels 1 and 2 make a multi-class run, whose loss is the softmax ce+dice)
+    flags = ("image_size", "batch_size") + (("loss",) if plan["classes"] else ())
+    assert all(plan[k] == v for k, v in settings.items() if k not in flags)
+    assert not plan["classes"] or plan["loss"] == "ce+dice"
     assert plan["image_size"] == 32 and plan["batch_size"] == 2  # flags win over the preset
     result = evaluate(out, quiet=True)
     assert (out / "eval" / "report.html").stat().st_size > 1000 and result["n_cases"] >= 1

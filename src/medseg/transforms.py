@@ -41,6 +41,15 @@ def resize_mask(mask: torch.Tensor, size: int, keep_aspect: bool = False) -> tor
     return (resize_image(mask.float(), size, keep_aspect) >= 0.5).float()
 
 
+def resize_labels(labels: torch.Tensor, size: int, n_classes: int, keep_aspect: bool = False) -> torch.Tensor:
+    """Bx1xHxW class indices -> Bx1xsize x size: each class's one-hot map resized as resize_mask does, then
+    the class of the largest share per pixel (the multi-class form of area-weighting and halving)."""
+    if labels.shape[-2:] == (size, size):
+        return labels
+    onehot = F.one_hot(labels[:, 0].long(), n_classes + 1).permute(0, 3, 1, 2).float()
+    return resize_image(onehot, size, keep_aspect).argmax(1, keepdim=True).to(labels.dtype)
+
+
 def unfit(probs: torch.Tensor, hw: tuple[int, int], keep_aspect: bool = False) -> torch.Tensor:
     """Bx1xSxS probabilities in the training frame -> Bx1xHxW at the original image size."""
     h, w = fitted_shape(hw, probs.shape[-1], keep_aspect)

@@ -12,6 +12,7 @@ prediction repeats them exactly.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -51,6 +52,9 @@ class DataSet:
     keep_aspect: bool = False  # resize the longest side and pad (mammograms) instead of squashing
     problems: list[str] = field(default_factory=list)  # non-fatal findings for `medseg inspect`
     subgroup_keys: tuple[str, ...] = ()  # meta keys tabulated in the evaluation (besides stratify_key)
+    # multi-class: the foreground classes in order, [{"name", "value", "labels" | "structures"}] (planning.plan);
+    # empty for a binary data set
+    classes: list[dict] = field(default_factory=list)
 
     @property
     def patients(self) -> list[str]:
@@ -140,3 +144,24 @@ def spacing_xyz(it: Item) -> tuple[float, float, float] | None:
         return None
     sp = [float(v) for v in sp]
     return (sp[0], sp[1], sp[2] if len(sp) > 2 and sp[2] > 0 else 1.0)
+
+
+ALL = "all"  # --target all: every label of a label map as its own class (the default for label maps)
+
+
+
+def class_specs(target: str, where: Path | None) -> list[tuple[str, list[str]]]:
+    """`--target liver,tumour=livertumor*,a+b` -> [("liver", ["liver"]), ("tumour", ["livertumor*"]),
+    ("a+b", ["a", "b"])]: one (class name, sources) per comma-separated entry, in order. A name defaults to
+    its entry without pattern characters ("livertumor*" -> "livertumor")."""
+    out = []
+    for entry in (e.strip() for e in target.split(",")):
+        name, _, spec = entry.rpartition("=")
+        sources = [s.strip() for s in spec.split("+") if s.strip()]
+        if not sources or (entry.count("=") > 1):
+            raise MedsegError(where, f"--target entry {entry!r}: expected NAME, NAME=a+b or a pattern (see --help)")
+        out.append((name.strip() or re.sub(r"[*?\[\]]", "", spec).strip() or spec, sources))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise MedsegError(where, f"--target names a class twice: {', '.join(names)}")
+    return out

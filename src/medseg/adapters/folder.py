@@ -10,8 +10,10 @@ and some folder holds several, the images of one folder (the first level below t
 enough folders, else the image's own folder) go to the same side of the split, so that slices or views of
 one patient never sit on both sides. Fewer folders are read as classes (benign/, malignant/), not patients.
 Masks are binary (0/1, 0/255, thresholded at half their maximum), or label maps
-with a few values (0, 1, 2, ...): then `--target V` picks value V, and by default every non-zero value is
-foreground; a half-maximum threshold would silently keep only the highest label.
+with a few values (0, 1, 2, ...): then by default (`--target all`) each non-zero value is its own class (a
+multi-class run, the class named by its value), `--target V` picks value V, `--target 1,2` or `--target
+organ=1+2,lesion=3` picks and merges classes, and `--target foreground` makes every non-zero value one
+(binary); a half-maximum threshold would silently keep only the highest label.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 from ..errors import MedsegError
 from ..io.images import IMAGE_SUFFIXES, read_raw
-from .base import Adapter, DataSet, Item, register
+from .base import ALL, Adapter, DataSet, Item, class_specs, register
 
 MASK_DIRS = ("masks", "labels")
 LOSSY = (".jpg", ".jpeg")  # JPEG masks carry compression noise: their values are not labels
@@ -147,19 +149,32 @@ def load(root: Path, target: str | None = None) -> DataSet:
     items = _group_by_folder(_paired(*dirs) if dirs else _side_by_side(root))
     found, labels = mask_values(items)
     nonzero = tuple(sorted(v for v in found if v != 0))
-    if target is None or target == "foreground":
+    if target in (None, ALL) and labels:
+        classes = [{"name": str(v), "value": v, "labels": [v]} for v in nonzero]
+        return DataSet(root, "folder", 1, items, unit="case", target=ALL, classes=classes)
+    if target in (None, ALL, "foreground"):
         name, values = "foreground", (nonzero if labels else ())
+    elif len(specs := class_specs(target, root)) > 1:
+        classes = [{"name": n, "value": min(vals), "labels": vals}
+                   for n, vals in ((n, sorted({_value(root, s, found, nonzero) for s in srcs})) for n, srcs in specs)]
+        return DataSet(root, "folder", 1, items, unit="case", target=target, classes=classes)
     else:
-        if not re.fullmatch(r"\d+", target.strip()):
-            raise MedsegError(root, f"--target for a folder of masks is a mask value (an integer), got {target!r}")
-        if not found:
-            raise MedsegError(root, "--target picks a mask value, but the masks are JPEG (lossy): their values are "
-                                    "not exact labels")
-        v = int(target)
-        if v == 0 or v not in found:
-            raise MedsegError(root, f"no mask value {v}; values found: {', '.join(map(str, nonzero)) or 'none'}")
+        v = _value(root, target, found, nonzero)
         name, values = str(v), (v,)
     return DataSet(root, "folder", 1, items, unit="case", target_values=values, target=name)
+
+
+def _value(root: Path, target: str, found: set[int], nonzero: tuple[int, ...]) -> int:
+    """A --target entry of a folder of masks: a mask value that occurs."""
+    if not re.fullmatch(r"\d+", target.strip()):
+        raise MedsegError(root, f"--target for a folder of masks is a mask value (an integer), got {target!r}")
+    if not found:
+        raise MedsegError(root, "--target picks a mask value, but the masks are JPEG (lossy): their values are "
+                                "not exact labels")
+    v = int(target)
+    if v == 0 or v not in found:
+        raise MedsegError(root, f"no mask value {v}; values found: {', '.join(map(str, nonzero)) or 'none'}")
+    return v
 
 
 ADAPTER = register(Adapter(

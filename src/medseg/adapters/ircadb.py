@@ -4,7 +4,10 @@
     3Dircadb1/3Dircadb1.<n>/MASKS_DICOM/<structure>/image_<k>       8-bit 0/255 masks, same geometry
 
 `root` is the `3Dircadb1` folder or one `3Dircadb1.<n>` patient folder. One item per axial slice; the
-target structure (default: liver) picks the MASKS_DICOM subfolder. Slices are ordered by their position
+target structure (default: liver) picks the MASKS_DICOM subfolder. Several targets make a multi-class data
+set (`--target liver,livertumor1,livertumor2`); an entry may merge folders, by pattern or by name
+(`--target liver,tumour=livertumor*` or `tumour=livertumor1+livertumor2`): each item then lists the mask
+file of every structure its patient has, with its class in meta["mask_classes"]. Slices are ordered by their position
 along the slice normal (ImagePositionPatient . (row x column direction)), never by file name: image_10
 sorts before image_2 as text, and nothing promises that k follows the anatomy. Only headers are read
 here; pixels (in HU, through RescaleSlope/Intercept) are read later by imageio.
@@ -19,7 +22,9 @@ import numpy as np
 
 from ..errors import MedsegError
 from ..io.images import read_dicom
-from .base import Adapter, DataSet, Item, register
+from fnmatch import fnmatchcase
+
+from .base import Adapter, DataSet, Item, class_specs, register
 
 PATIENT_DIR, MASKS_DIR = "PATIENT_DICOM", "MASKS_DICOM"
 DEFAULT_TARGET = "liver"
@@ -47,12 +52,35 @@ def detect(root: Path) -> bool:
 def load(root: Path, target: str | None = None) -> DataSet:
     target = target or DEFAULT_TARGET
     dirs = [root] if _is_patient(root) else _patient_dirs(root)
-    items = [it for d in dirs for it in _patient_items(d, target)]
+    found = sorted({p.name for d in dirs for p in (d / MASKS_DIR).iterdir() if p.is_dir() and not p.name.startswith(".")})
+    groups = _classes(root, target, found)
+    items = [it for d in dirs for it in _patient_items(d, groups)]
     if items and all(it.meta.get("target_absent") for it in items):
-        found = sorted({p.name for d in dirs for p in (d / MASKS_DIR).iterdir() if p.is_dir() and not p.name.startswith(".")})
         raise MedsegError(root, f"no structure {target!r} in any patient; available: {', '.join(found) or 'none'}")
+    classes = [{"name": name, "value": k, "structures": folders}
+               for k, (name, folders) in enumerate(groups, 1)] if len(groups) > 1 else []
     return DataSet(root, "ircadb", 1, items, unit="patient", intensity=dict(LIVER_WINDOW),
-                   target_values=(), target=target)
+                   target_values=(), target=target, classes=classes)
+
+
+def _classes(root: Path, target: str, found: list[str]) -> list[tuple[str, list[str]]]:
+    """(class name, structure folders) per --target entry; a pattern takes every folder it matches in any
+    patient. A plain name no patient has stays (load names it if no item has it)."""
+    out = []
+    for name, sources in class_specs(target, root):
+        folders = []
+        for src in sources:
+            matched = [f for f in found if fnmatchcase(f, src)] if any(c in src for c in "*?[") else [src]
+            if not matched:
+                raise MedsegError(root, f"no structure matches {src!r} in any patient; available: "
+                                        f"{', '.join(found) or 'none'}")
+            folders += [f for f in matched if f not in folders]
+        out.append((name, folders))
+    if len(out) > 1:
+        missing = [n for n, folders in out if not set(folders) & set(found)]
+        if missing:
+            raise MedsegError(root, f"no structure {missing[0]!r} in any patient; available: {', '.join(found) or 'none'}")
+    return out
 
 
 def _files(folder: Path) -> list[Path]:
@@ -120,13 +148,14 @@ def ordered_series(images_dir: Path) -> tuple[list[tuple], float]:
     return slices, spacing_z
 
 
-def _patient_items(d: Path, target: str) -> list[Item]:
+def _patient_items(d: Path, groups: list[tuple[str, list[str]]]) -> list[Item]:
     images_dir, masks_root = d / PATIENT_DIR, d / MASKS_DIR
     structures = sorted(p.name for p in masks_root.iterdir() if p.is_dir() and not p.name.startswith("."))
     # A patient without this structure (not every 3D-IRCADb patient has livertumor1, say) has an empty
     # mask for it; only a target that no patient has is an error (raised by `load`).
-    absent = target not in structures
-    masks_dir = masks_root / target
+    present = [(k, f) for k, (_, folders) in enumerate(groups, 1) for f in folders if f in structures]
+    absent = not present
+    multi = {"mask_classes": tuple(k for k, _ in present)} if len(groups) > 1 else {}
     slices, spacing_z = ordered_series(images_dir)
     items = []
     for index, (_, path, ds, (rows, cols)) in enumerate(slices):
@@ -135,14 +164,19 @@ def _patient_items(d: Path, target: str) -> list[Item]:
         if absent:
             items.append(Item(path, (), d.name, index, {**meta, "target_absent": True}))
             continue
-        mask = masks_dir / path.name
-        if not mask.is_file():
-            raise MedsegError(mask, f"mask file missing for image slice {path}")
-        _, (m_rows, m_cols) = _header(mask)
-        if (m_rows, m_cols) != (rows, cols):
-            raise MedsegError(mask, f"mask is {m_cols}x{m_rows} but its image {path.name} is {cols}x{rows}")
-        items.append(Item(path, (mask,), d.name, index, meta))
+        masks = tuple(masks_root / f / path.name for _, f in present)
+        for mask in masks:
+            _check_mask(mask, path, rows, cols)
+        items.append(Item(path, masks, d.name, index, {**meta, **multi}))
     return items
+
+
+def _check_mask(mask: Path, image: Path, rows: int, cols: int) -> None:
+    if not mask.is_file():
+        raise MedsegError(mask, f"mask file missing for image slice {image}")
+    _, (m_rows, m_cols) = _header(mask)
+    if (m_rows, m_cols) != (rows, cols):
+        raise MedsegError(mask, f"mask is {m_cols}x{m_rows} but its image {image.name} is {cols}x{rows}")
 
 
 ADAPTER = register(Adapter(

@@ -11,7 +11,10 @@
 One item per slice along the volume's first array axis (SimpleITK's z). At load only headers are read
 (SimpleITK ReadImageInformation), so a label whose size or geometry differs from its image is named before
 any training starts: a resampled or flipped label would otherwise train on misaligned masks without a word.
-`--target` picks a label by name (dataset.json) or value; by default every non-zero label is foreground.
+`--target` picks a label by name (dataset.json) or value. By default (`--target all`) every label of a
+label map with two or more is its own class, named as dataset.json names it (a multi-class run; nnU-Net
+region labels, which overlap, are left out of the default); `--target foreground` merges every non-zero
+label into one (binary), `--target liver,tumour` or `--target organ=1+2,lesion=3` picks and merges.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 
 from ..errors import MedsegError
 from ..io.images import VOLUME_SUFFIXES, is_volume, volume_stem
-from .base import Adapter, DataSet, Item, register
+from .base import ALL, Adapter, DataSet, Item, class_specs, register
 
 PERCENTILE = {"mode": "percentile", "low": 0.5, "high": 99.5}
 TOLERANCE = 1e-3  # mm (spacing, origin) and cosines (direction): header floats differ in their last digits
@@ -134,7 +137,7 @@ def _describe(labels: dict[str, tuple[int, ...]]) -> str:
 
 def pick_target(labels: dict[str, tuple[int, ...]], target: str | None, where: Path) -> tuple[str, tuple[int, ...]]:
     """--target by label name (exact, then ignoring case) or by value; None: every non-zero label."""
-    if target is None or target == "foreground":
+    if target in (None, "foreground", ALL):
         return "foreground", tuple(sorted({v for vals in labels.values() for v in vals}))
     if target in labels:
         return target, labels[target]
@@ -231,9 +234,11 @@ def load(root: Path, target: str | None = None) -> DataSet:
     n_training = meta.get("numTraining")
     if isinstance(n_training, int) and n_training != len(cases):
         problems.append(f"dataset.json says numTraining {n_training}, found {len(cases)} cases")
-    name, values = _target(named_labels, target, labels, json_path if meta else labels_dir)
+    where = json_path if meta else labels_dir
+    classes = _classes(named_labels, target, labels, where)
+    name, values = (target or ALL, ()) if classes else _target(named_labels, target, labels, where)
     return DataSet(root, "nifti", channels or 1, items, unit="patient", intensity=dict(PERCENTILE),
-                   target_values=values, target=name, problems=problems)
+                   target_values=values, target=name, problems=problems, classes=classes)
 
 
 def _dirs(root: Path) -> tuple[Path, Path]:
@@ -346,10 +351,30 @@ def _check_case_grids(order: list[Path], h0: Header, label: Path) -> None:
 def _target(named_labels: dict[str, tuple[int, ...]], target: str | None, labels: dict[str, Path],
             where: Path) -> tuple[str, tuple[int, ...]]:
     """(target name, label values): --target among the named labels, or every non-zero value found."""
-    if not named_labels and (target is None or target == "foreground"):
+    if not named_labels and target in (None, "foreground", ALL):
         found = _found_values(sorted(labels.values()))  # binary maps read as they are; several values all count
         return "foreground", (found if len(found) > 1 else ())
     return pick_target(named_labels, target, where)
+
+
+def _classes(named_labels: dict[str, tuple[int, ...]], target: str | None, labels: dict[str, Path],
+             where: Path) -> list[dict]:
+    """The classes of a multi-class run ([] for a binary one): by default (or `all`) every single-valued
+    label when there are two or more; with several --target entries, those, each a label or NAME=a+b."""
+    if target is None or target == ALL:
+        single = {n: v for n, v in named_labels.items() if len(v) == 1} if named_labels else \
+            {str(v): (v,) for v in _found_values(sorted(labels.values()))}
+        return [{"name": n, "value": v[0], "labels": [v[0]]} for n, v in single.items()] if len(single) > 1 else []
+    specs = class_specs(target, where)
+    if len(specs) < 2:
+        return []
+    out = []
+    for name, sources in specs:
+        values = sorted({v for src in sources for v in pick_target(named_labels, src, where)[1]})
+        plain = sources == [name]  # a bare label: its name as dataset.json spells it
+        out.append({"name": pick_target(named_labels, name, where)[0] if plain else name, "value": values[0],
+                    "labels": values})
+    return out
 
 
 def _suffix(path: Path) -> str:

@@ -13,6 +13,13 @@ import typer
 
 from ..errors import MedsegError
 
+TARGET_HELP = ("Structure(s) to segment where the layout has several (3D-IRCADb: liver, livertumor1, ...; NIfTI: "
+               "label names or values; folder masks: values). One entry: a binary model. Several, comma-separated: "
+               "one multi-class model, class k = the k-th entry (where structures overlap the later one wins); an "
+               "entry NAME=a+b merges sources into one class, and 3D-IRCADb folders may be a pattern: "
+               "--target liver,tumour=livertumor*. Label maps (NIfTI/MSD, folder masks) default to 'all' (every "
+               "label its own class, dataset.json's names); 'foreground' merges every non-zero label (binary).")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, evaluate and apply U-Nets on medical image data sets in their published layouts.")
 
@@ -58,8 +65,7 @@ def train(data: Optional[Path] = typer.Argument(None, help="Data set folder in i
           lr: Optional[float] = typer.Option(None, help="Peak learning rate; default from the plan."),
           threads: Optional[int] = typer.Option(None, help="CPU threads (default 1: measured fastest on a shared "
                                                 "2-core machine, and reproducible)."),
-          target: Optional[str] = typer.Option(None, help="Structure to segment where the layout has several "
-                                               "(3D-IRCADb: liver, livertumor1, ...; NIfTI: a label name)."),
+          target: Optional[str] = typer.Option(None, help=TARGET_HELP),
           skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out images that cannot be read (listed in "
                                         "the output and in RUN/plan.json) instead of stopping.")) -> None:
     """Train a U-Net: split by patient, keep RUN/best and RUN/last, log to RUN/log.csv."""
@@ -174,7 +180,7 @@ def presets(show: Optional[str] = typer.Option(None, "--show", help="Print one p
 @app.command()
 def prepare(data: Path = typer.Argument(..., help="Data set folder in its published layout."),
             format: str = typer.Option("auto", "--format", help="Layout (default: detect)."),
-            target: Optional[str] = typer.Option(None, help="Structure to segment where the layout has several."),
+            target: Optional[str] = typer.Option(None, help=TARGET_HELP),
             preset: Optional[str] = typer.Option(None, help="Preset whose preprocessing to cache."),
             image_size: Optional[int] = typer.Option(None, help="Training size; default from the preset/plan."),
             setting: list[str] = typer.Option([], "--set", help="Any plan setting, key=value (repeatable).")) -> None:
@@ -192,7 +198,7 @@ def prepare(data: Path = typer.Argument(..., help="Data set folder in its publis
 @app.command("inspect")
 def inspect_data(data: Path = typer.Argument(..., help="Data set folder in its published layout."),
                  format: str = typer.Option("auto", "--format", help="Layout (default: detect)."),
-                 target: Optional[str] = typer.Option(None, help="Structure where the layout has several."),
+                 target: Optional[str] = typer.Option(None, help=TARGET_HELP),
                  as_json: bool = typer.Option(False, "--json", help="Print the fingerprint as JSON only.")) -> None:
     """Fingerprint a data set (counts, sizes, spacings, intensities, foreground, subgroups) and list every
     problem found per file. Problems are findings (exit 0); exit 2 only when the data cannot be read at all."""
@@ -212,7 +218,7 @@ def export_nnunet_cmd(data: Path = typer.Argument(..., help="Data set folder in 
                       dataset_id: int = typer.Option(..., "--id", help="nnU-Net dataset id, 1..999."),
                       name: str = typer.Option(..., "--name", help="Dataset name (letters, digits, _ and -)."),
                       format: str = typer.Option("auto", "--format", help="Layout (default: detect)."),
-                      target: Optional[str] = typer.Option(None, help="Structure where the layout has several."),
+                      target: Optional[str] = typer.Option(None, help=TARGET_HELP),
                       force: bool = typer.Option(False, "--force", help="Replace an existing dataset folder.")) -> None:
     """Write OUT/Dataset<id>_<name> in nnU-Net v2's raw format (imagesTr, labelsTr, dataset.json)."""
     import json

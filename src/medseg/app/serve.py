@@ -4,6 +4,7 @@
                          -> the mask in the matching format (PNG, TIFF, DICOM SEG, NIfTI); with a `truth`
                          mask sent along -> JSON metrics (Dice, IoU, precision, recall) instead
     POST /view           the same input -> JSON for the viewer: greyscale slices and mask slices as PNGs
+                         (a multi-class run's: class indices, with each class's name, value and colour)
     GET  /health, /model the service's state; the run's config, preset, training-data fingerprint, metrics
     GET  /               the viewer page; GET /eval: the run's evaluation, case by case (data: /eval/cases)
 
@@ -47,7 +48,7 @@ from ..evaluation import metrics
 from ..inference.api import Model
 from ..inference.checkpoint import fold_runs, resolve_run
 from ..errors import MedsegError
-from ..io.images import read_image
+from ..io.images import class_colour, read_image
 from ..inference.predictor import Predictor, predict_with
 
 KINDS = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "dicom": ".dcm", "nifti-gz": ".nii.gz", "nifti": ".nii",
@@ -270,27 +271,41 @@ class Service:
         return written[0]
 
     def truth_metrics(self, path: Path, truth: Path) -> dict:
+        """Foreground metrics of the prediction against `truth`; a multi-class run's truth is a label map with
+        the classes' values, scored per class as well ("per_class")."""
         pred = self.model.predict_path(path)
-        gt = _read_truth(truth, pred.mask.shape)
-        c = metrics.counts(pred.mask, gt)
-        s = metrics.scores(c)
-        return {"shape": list(pred.mask.shape), "gt_pixels": int(np.count_nonzero(gt)),
-                "pred_pixels": int(np.count_nonzero(pred.mask)), **{k: s[k] for k in ("dice", "iou", "precision",
-                                                                                          "recall")},
-                "empty_policy": metrics.EMPTY_POLICY}
+        classes = self.predictor.plan.classes
+        gt = _read_truth(truth, pred.mask.shape, labels=bool(classes))
+        out = {"shape": list(pred.mask.shape), "gt_pixels": int(np.count_nonzero(gt)),
+               "pred_pixels": int(np.count_nonzero(pred.mask)), **_scores(pred.mask > 0, gt > 0),
+               "empty_policy": metrics.EMPTY_POLICY}
+        if classes:
+            out["per_class"] = {c["name"]: _scores(pred.mask == c["value"], gt == c["value"]) for c in classes}
+        return out
 
     def view(self, path: Path) -> dict:
+        """Slices and masks as PNGs for the viewer. Binary runs' masks are 0/255; a multi-class run's hold the
+        class index (1..K) of each pixel, `classes` giving each index its name, value and colour (the report's)."""
         pred = self.model.predict_path(path)
-        images = _display_slices(path, self.predictor.plan, pred.mask.shape)
+        plan = self.predictor.plan
+        images = _display_slices(path, plan, pred.mask.shape)
         masks = pred.mask if pred.mask.ndim == 3 else pred.mask[None]
+        if plan.classes:  # class values -> class indices
+            lut = np.zeros(256, np.uint8)
+            lut[plan.class_values()[1:]] = np.arange(1, len(plan.classes) + 1)
+            masks = lut[masks]
+        else:
+            masks = (masks > 0).astype(np.uint8) * 255
         picks = np.unique(np.linspace(0, len(masks) - 1, min(len(masks), MAX_VIEW_SLICES)).round().astype(int))
         step = max(1, int(np.ceil(max(masks.shape[1:]) / MAX_VIEW_SIDE)))
+        classes = [{"name": c["name"], "value": c["value"], "colour": list(class_colour(k))}
+                   for k, c in enumerate(plan.classes, 1)]
         return {"slices": len(picks), "total_slices": len(masks), "height": int(masks.shape[1]),
-                "width": int(masks.shape[2]), "step": step,
+                "width": int(masks.shape[2]), "step": step, "classes": classes,
                 "foreground_pixels": int(np.count_nonzero(pred.mask)),
                 "foreground_per_slice": [int(np.count_nonzero(masks[i])) for i in picks],
                 "images": [_png64(images[i][::step, ::step]) for i in picks],
-                "masks": [_png64((masks[i][::step, ::step] > 0).astype(np.uint8) * 255) for i in picks]}
+                "masks": [_png64(masks[i][::step, ::step]) for i in picks]}
 
 
 def _png64(arr: np.ndarray) -> str:
@@ -315,12 +330,17 @@ def _u8(img: np.ndarray) -> np.ndarray:
     return arr[0] if arr.shape[0] == 1 else np.moveaxis(arr[:3], 0, -1)
 
 
-def _read_truth(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+def _scores(pred: np.ndarray, gt: np.ndarray) -> dict:
+    s = metrics.scores(metrics.counts(pred, gt))
+    return {k: s[k] for k in ("dice", "iou", "precision", "recall")}
+
+
+def _read_truth(path: Path, shape: tuple[int, ...], labels: bool = False) -> np.ndarray:
     """A ground-truth mask for the metrics: a 2D mask image, or a label volume (NIfTI) of the input's shape;
-    any non-zero value is foreground."""
+    any non-zero value is foreground. With `labels` (multi-class runs) the values are returned as they are."""
     if len(shape) == 2:
-        from ..io.images import read_mask
-        return read_mask([path], shape)
+        from ..io.images import mask_array, read_mask
+        return mask_array(Path(path), shape, None) if labels else read_mask([path], shape)
     import SimpleITK as sitk
     try:
         arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
@@ -328,7 +348,7 @@ def _read_truth(path: Path, shape: tuple[int, ...]) -> np.ndarray:
         raise MedsegError(path, f"cannot read the truth volume ({str(e).strip().splitlines()[-1][:200]})") from e
     if arr.shape != tuple(shape):
         raise MedsegError(path, f"truth is {arr.shape}, the input {tuple(shape)}: they must match")
-    return arr > 0
+    return arr if labels else arr > 0
 
 
 def _train_fingerprint(plan: dict) -> dict:
@@ -514,7 +534,7 @@ def _eval_cases(run_folder: Path) -> dict:
         return {"run": run_folder.name, "summary": None, "columns": [], "rows": []}
     with f.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    cols = [c for c in ("case", "group", "dice", "iou", "precision", "recall", "hd95", "gt_pixels", "pred_pixels")
+    cols = [c for c in ("class", "case", "group", "dice", "iou", "precision", "recall", "hd95", "gt_pixels", "pred_pixels")
             if rows and c in rows[0]]
     s = _summary(run_folder) or {}
     d = s.get("dice") or {}

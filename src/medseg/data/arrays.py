@@ -27,18 +27,18 @@ from ..adapters import Item
 from ..errors import MedsegError, check_output, writing
 from ..planning.plan import Plan
 from ..planning.planner import data_settings, settings_for
-from ..io.images import read_image, read_mask
+from ..io.images import read_image, read_labels, read_mask
 from ..io.intensity import scale_case
-from ..transforms import resize_image, resize_mask
+from ..transforms import resize_image, resize_labels, resize_mask
 
 CACHE_VERSION = 1
-PREP_KEYS = ("channels", "image_size", "intensity", "target_values", "keep_aspect", "intensity_norm")
+PREP_KEYS = ("channels", "image_size", "intensity", "target_values", "keep_aspect", "intensity_norm", "classes")
 
 
 @dataclass
 class Arrays:
     images: torch.Tensor  # N x C x S x S uint8 (value / 255 is the [0, 1] intensity)
-    masks: torch.Tensor  # N x 1 x S x S uint8 {0, 1}
+    masks: torch.Tensor  # N x 1 x S x S uint8 {0, 1}; a multi-class run's: class indices 0..K
     items: list[Item]
 
     def float_images(self) -> torch.Tensor:
@@ -60,6 +60,8 @@ def prep_of(plan: Plan) -> dict:
 
 
 def cache_key(items: list[Item], prep: dict) -> str:
+    if not prep.get("classes"):  # a binary run's key as before multi-class runs existed: its cache stays valid
+        prep = {k: v for k, v in prep.items() if k != "classes"}
     h = hashlib.sha256(json.dumps({"v": CACHE_VERSION, **prep}, sort_keys=True, default=list).encode())
     for it in items:
         for p in (it.image, *it.extra_channels, *it.masks):
@@ -69,8 +71,12 @@ def cache_key(items: list[Item], prep: dict) -> str:
 
 
 def read_item(it: Item, prep: dict) -> tuple[np.ndarray, np.ndarray]:
-    """One item at its own size: (C x H x W float32 image in [0, 1], H x W bool mask)."""
+    """One item at its own size: (C x H x W float32 image in [0, 1], H x W bool mask); with classes in
+    `prep` (a multi-class run) the mask is an H x W uint8 label map of class indices."""
     img = read_image(it.image, prep["channels"], prep.get("intensity"), it.z, it.extra_channels)
+    if prep.get("classes"):  # with a class_index (evaluation.multiclass): that class's bool mask
+        labels = read_labels(list(it.masks), img.shape[1:], prep["classes"], it.meta.get("mask_classes", ()), it.z)
+        return img, (labels == prep["class_index"] if prep.get("class_index") else labels)
     mask = read_mask(list(it.masks), img.shape[1:], tuple(prep.get("target_values") or ()), it.z)
     return img, mask
 
@@ -99,7 +105,7 @@ def load_arrays(items: list[Item], prep: dict, label: str = "reading", cache: bo
                 good.append(i)
                 img = resize_image(torch.from_numpy(img)[None], size, keep)[0]
                 images[i] = (img * 255).round().clamp(0, 255).to(torch.uint8)
-                masks[i] = resize_mask(torch.from_numpy(mask)[None, None], size, keep)[0].to(torch.uint8)
+                masks[i] = _resize_mask(mask, prep, size, keep)
     good.sort()
     if len(good) < len(items):
         keep_idx = torch.tensor(good, dtype=torch.long)
@@ -108,6 +114,13 @@ def load_arrays(items: list[Item], prep: dict, label: str = "reading", cache: bo
     if folder is not None:
         _write_cache(folder, arrays, prep)
     return arrays
+
+
+def _resize_mask(mask: np.ndarray, prep: dict, size: int, keep: bool) -> torch.Tensor:
+    m = torch.from_numpy(mask)[None, None]
+    if prep.get("classes"):
+        return resize_labels(m, size, len(prep["classes"]), keep)[0]
+    return resize_mask(m, size, keep)[0].to(torch.uint8)
 
 
 def _by_case(items: list[Item]) -> list[list[int]]:

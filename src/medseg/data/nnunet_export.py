@@ -3,7 +3,8 @@ field's reference pipeline on exactly the same images and masks.
 
     OUT/Dataset<id:03d>_<name>/dataset.json
     OUT/Dataset<id:03d>_<name>/imagesTr/<case>_<channel:04d>.nii.gz
-    OUT/Dataset<id:03d>_<name>/labelsTr/<case>.nii.gz            uint8 0/1 (the data set's target)
+    OUT/Dataset<id:03d>_<name>/labelsTr/<case>.nii.gz            uint8 0/1 (the data set's target); several
+                                                                  classes: 0..K, dataset.json naming each
 
 Slice data sets (unit "patient": LGG, 3D-IRCADb) become one 3D volume per case, slices stacked in index
 order; single 2D images (unit "case": BUSI) become 1 x H x W volumes with a z spacing of 999, nnU-Net's own
@@ -27,7 +28,7 @@ import numpy as np
 from ..adapters import DataSet, Item, channel_names, load_dataset
 from ..adapters.base import spacing_xyz
 from ..errors import MedsegError, check_output
-from ..io.images import read_mask
+from ..io.images import read_labels, read_mask
 
 Z_SPACING_2D = 999.0
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -147,7 +148,7 @@ def _dataset_json(ds: DataSet, cases: list[tuple[str, list[Item]]], names: list[
 
     return {
         "channel_names": {str(i): n for i, n in enumerate(names)},
-        "labels": {"background": 0, ds.target: 1},
+        "labels": {"background": 0, **({str(c["name"]): k for k, c in enumerate(ds.classes, 1)} or {ds.target: 1})},
         "numTraining": len(cases),
         "file_ending": ".nii.gz",
         "overwrite_image_reader_writer": "SimpleITKIO",
@@ -184,7 +185,8 @@ def _export_case(ds: DataSet, cid: str, items: list[Item], folder: Path, bar, ta
         if not it.masks:
             raise MedsegError(it.image, "image has no mask")
         images.append(img)
-        labels.append(read_mask(list(it.masks), img.shape[1:], tuple(ds.target_values), it.z))
+        labels.append(read_labels(list(it.masks), img.shape[1:], ds.classes, it.meta.get("mask_classes", ()), it.z)
+                      if ds.classes else read_mask(list(it.masks), img.shape[1:], tuple(ds.target_values), it.z))
         bar.advance(task)
     dtype = np.result_type(*[i.dtype for i in images])
     vol = _stored_type(np.stack(images, axis=1).astype(dtype, copy=False))  # C x Z x H x W

@@ -64,6 +64,28 @@ def sample_indices(masks: torch.Tensor | np.ndarray, n: int, lesion_fraction: fl
     raise ValueError(f"unknown sampling {mode!r}; known: {', '.join(SAMPLING)}")
 
 
+def class_presence(masks: torch.Tensor, n_classes: int) -> np.ndarray:
+    """Multi-class runs: which classes (1..K) each image shows, N x K bool (computed once per run)."""
+    flat = masks.flatten(1)
+    return np.stack([(flat == k).any(1).numpy() for k in range(1, n_classes + 1)], 1)
+
+
+def sample_balanced(presence: np.ndarray, n: int, lesion_fraction: float, rng: np.random.Generator,
+                    empty_drop: float = 0.0) -> np.ndarray:
+    """The "lesion" draws of a multi-class run, balanced over the foreground classes: `lesion_fraction` of
+    the draws pick a class uniformly among those present this epoch, then an image that shows it, so a
+    small class (tumour) is drawn as often as a large one (liver); the rest are uniform. (nnU-Net picks
+    its foreground patch centres the same way: a class first, then a voxel of it.)"""
+    pool = epoch_pool(presence.any(1).astype(np.int64), empty_drop, rng)
+    present = [k for k in range(presence.shape[1]) if presence[pool, k].any()]
+    n_pos = int(round(n * lesion_fraction)) if present else 0
+    picks = rng.choice(present, n_pos) if n_pos else np.empty(0, int)
+    drawn = [rng.choice(pool[presence[pool, k]], int((picks == k).sum())) for k in present]
+    drawn = np.concatenate([*drawn, pool[rng.integers(0, len(pool), n - n_pos)]]).astype(np.int64)
+    rng.shuffle(drawn)
+    return drawn
+
+
 def batches(arrays: Arrays, indices: np.ndarray, batch_size: int, augment) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield augmented (image float32, label float32) batches for the given sample indices."""
     if getattr(augment, "batched", False):  # a batch augmenter (transforms.BatchDefault): one call per batch

@@ -4,7 +4,8 @@ The slices of each case, read and cached at the training size exactly as for 2D 
 slice order into one C x D x S x S volume per case. Training draws patches (the plan's `patch_size`,
 D x H x W); `lesion_fraction` of them are centred on a foreground voxel and the rest anywhere, so the
 lesion is seen in a fixed share of patches however small it is (class-balanced sampling, as nnU-Net's
-oversampling of foreground). Validation and prediction run MONAI's sliding-window inference over the
+oversampling of foreground); in a multi-class run a centred draw first picks one of the case's classes
+uniformly, then a voxel of it, so a small tumour class is centred on as often as the liver. Validation and prediction run MONAI's sliding-window inference over the
 whole volume with Gaussian-weighted overlapping patches (inference.engines.volume_probs).
 
 Patch centres are drawn up front for the whole epoch into one N x 4 array (case, z, y, x), from the
@@ -30,16 +31,18 @@ from ..transforms import IMAGE, LABEL
 @dataclass
 class Volumes:
     images: list[torch.Tensor]  # per case: C x D x S x S uint8
-    masks: list[torch.Tensor]  # per case: 1 x D x S x S uint8 {0, 1}
+    masks: list[torch.Tensor]  # per case: 1 x D x S x S uint8 {0, 1} (multi-class: class indices)
     cases: list[str]
     foreground: list[np.ndarray]  # per case: flat indices of the foreground voxels (for centred draws)
+    by_class: list[list[np.ndarray]] | None = None  # multi-class: per case, per present class, its voxels
 
     def __len__(self) -> int:
         return len(self.cases)
 
 
-def to_volumes(arrays: Arrays) -> Volumes:
-    """Arrays of slices -> one volume per case, slices ordered by their index in the case."""
+def to_volumes(arrays: Arrays, n_classes: int = 0) -> Volumes:
+    """Arrays of slices -> one volume per case, slices ordered by their index in the case; with n_classes
+    (a multi-class run) each case's voxels are also indexed per class."""
     by_case: dict[str, list[int]] = defaultdict(list)
     for i, it in enumerate(arrays.items):
         by_case[it.case].append(i)
@@ -51,7 +54,11 @@ def to_volumes(arrays: Arrays) -> Volumes:
         masks.append(m)
         fg.append(np.flatnonzero(m[0].numpy()))
         cases.append(case)
-    return Volumes(images, masks, cases, fg)
+    by_class = None
+    if n_classes:
+        flat = [m[0].flatten().numpy() for m in masks]
+        by_class = [[v for v in (np.flatnonzero(f == k) for k in range(1, n_classes + 1)) if len(v)] for f in flat]
+    return Volumes(images, masks, cases, fg, by_class)
 
 
 def sample_patches(vols: Volumes, n: int, fg_fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -65,6 +72,8 @@ def sample_patches(vols: Volumes, n: int, fg_fraction: float, rng: np.random.Gen
         c = int(case[j])
         shape = vols.masks[c].shape[1:]
         fg = vols.foreground[c]
+        if vols.by_class is not None and on_fg[j] and len(fg):  # multi-class: a class first, then its voxel
+            fg = vols.by_class[c][rng.integers(0, len(vols.by_class[c]))]
         flat = fg[rng.integers(0, len(fg))] if on_fg[j] and len(fg) else rng.integers(0, int(np.prod(shape)))
         out[j, 1:] = np.unravel_index(int(flat), shape)
     return out

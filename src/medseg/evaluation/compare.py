@@ -22,7 +22,8 @@ from ..errors import MedsegError
 console = Console(stderr=True)
 
 
-def read_cases(run: Path, metric: str) -> dict[str, float]:
+def read_cases(run: Path, metric: str) -> dict[tuple[str, str], float]:
+    """(class, case) -> the metric, for the cases with a non-empty ground truth (class "" for binary runs)."""
     path = Path(run) / "eval" / "cases.csv"
     if not path.is_file():
         raise MedsegError(run, "no evaluation: run `medseg evaluate RUN` first (RUN/eval/cases.csv is missing)")
@@ -38,7 +39,7 @@ def read_cases(run: Path, metric: str) -> dict[str, float]:
         if int(float(r.get("gt_pixels") or 1)) == 0:  # empty ground truth: not in the headline metric
             continue
         try:
-            out[r["case"]] = float(r[metric])
+            out[(r.get("class") or "", r["case"])] = float(r[metric])
         except ValueError as e:
             raise MedsegError(path, f"case {r['case']}: {metric} is not a number ({r[metric]!r})") from e
     return out
@@ -54,19 +55,32 @@ def compare(runs: list[Path], metric: str = "dice", quiet: bool = False) -> dict
     for run, v in zip(runs, values):
         extra = sorted(set(v) - set(shared))
         if extra and not quiet:
+            names = ["/".join(filter(None, k)) for k in extra[:5]]
             console.print(f"[yellow]warning:[/] {escape(str(run))}: {len(extra)} cases not in every run are left "
-                          f"out ({escape(', '.join(extra[:5]))}{', ...' if len(extra) > 5 else ''})")
-    base = [values[0][c] for c in shared]
-    result = {"metric": metric, "cases": len(shared), "runs": []}
+                          f"out ({escape(', '.join(names))}{', ...' if len(extra) > 5 else ''})")
+    result = {"metric": metric, "cases": len(shared), "runs": _entries(runs, values, shared)}
+    classes = list(dict.fromkeys(k[0] for k in shared if k[0]))
+    if classes:
+        result["per_class"] = {c: {"cases": len(keys), "runs": _entries(runs, values, keys)}
+                               for c in classes for keys in [[k for k in shared if k[0] == c]]}
+    if not quiet:
+        _print(result)
+        for c, r in result.get("per_class", {}).items():
+            _print({**r, "metric": f"{metric} of class {c}"})
+    return result
+
+
+def _entries(runs: list[Path], values: list[dict], keys: list) -> list[dict]:
+    """Each run's summary on `keys`, the others against the first with a paired test."""
+    base = [values[0][k] for k in keys]
+    out = []
     for i, (run, v) in enumerate(zip(runs, values)):
-        xs = [v[c] for c in shared]
+        xs = [v[k] for k in keys]
         entry = {"run": str(run), **metrics.summarize(xs)}
         if i:
             entry["vs_first"] = metrics.paired_test(base, xs)
-        result["runs"].append(entry)
-    if not quiet:
-        _print(result)
-    return result
+        out.append(entry)
+    return out
 
 
 def _print(result: dict) -> None:

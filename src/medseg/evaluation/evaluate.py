@@ -18,6 +18,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,6 +36,7 @@ from ..errors import MedsegError, atomic_path, check_output
 from ..inference.checkpoint import fold_runs
 from ..inference.predictor import Predictor
 from ..io.images import overlay, thumb_step
+from .multiclass import evaluate_classes
 from .report import render_report, write_report
 from . import stress as stress_shifts
 
@@ -70,19 +72,20 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
     if split not in ("val", "all"):
         raise MedsegError(None, f"--split must be 'val' or 'all', got {split!r}")
     tune = (split == "val" and same) if tune is None else tune
+    if plan.classes:  # per class, at the argmax: no threshold sweep, no stress test (evaluation.multiclass)
+        if stress:
+            raise MedsegError(None, "--stress is for binary runs; a multi-class run is evaluated per class without it")
+        tune = False
     _check_outputs(run_folder, tune)
     ds = load_dataset(data, layout or (plan.layout if same else "auto"), plan.target_name)
+    if plan.classes:
+        return evaluate_classes(Scope(run, run_folder, ds, data, split, same, tta, quiet), predictor, BINARY)
     current = postprocess.load(run_folder, plan)
     candidates = CANDIDATES if tune else []
     if tune and current not in candidates:
         candidates = [current, *candidates]
-    scored, items, skipped = [], [], []
-    for fold_predictor in _pooled(run, predictor, split, same, tta):  # one model, or each fold's own
-        fold_items = _select_items(ds, fold_predictor.plan, split, data)
-        scan = _Scan.of(fold_predictor, fold_items, current, candidates)
-        scored += _score_cases(scan, ds, tune, quiet)
-        items += fold_items
-        skipped += scan.skipped
+    scope = Scope(run, run_folder, ds, data, split, same, tta, quiet)
+    scored, items, skipped = score(scope, predictor, current, candidates)
 
     chosen, sweep = current, []
     if tune:
@@ -105,6 +108,32 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
         Console().print(f"report: {escape(str(run_folder / 'eval' / 'report.html'))} (metrics.json, cases.csv, "
                         "slices.csv beside it)", soft_wrap=True)
     return result
+
+
+@dataclass
+class Scope:
+    """What one evaluation covers: the run, the data set and split, and how it is predicted."""
+    run: Path
+    run_folder: Path
+    ds: object
+    data: Path
+    split: str
+    same: bool
+    tta: bool
+    quiet: bool
+
+
+def score(scope: Scope, predictor, current: dict, candidates: list[dict], view=None) -> tuple[list, list, list]:
+    """Every case of the scope predicted and scored (by each fold's own model in a cross-validated run):
+    (scored cases, items, skipped). `view` wraps each predictor (evaluation.multiclass: one class of it)."""
+    scored, items, skipped = [], [], []
+    for fold_predictor in _pooled(scope.run, predictor, scope.split, scope.same, scope.tta):
+        fold_items = _select_items(scope.ds, fold_predictor.plan, scope.split, scope.data)
+        scan = _Scan.of(view(fold_predictor) if view else fold_predictor, fold_items, current, candidates)
+        scored += _score_cases(scan, scope.ds, bool(candidates), scope.quiet)
+        items += fold_items
+        skipped += scan.skipped
+    return scored, items, skipped
 
 
 def _check_outputs(run_folder: Path, tune: bool) -> None:
@@ -166,8 +195,8 @@ class _Scan:
 
     @classmethod
     def of(cls, predictor: Predictor, items: list, current: dict, candidates: list[dict]) -> _Scan:
-        """The scan of `items` with the plan's preprocessing."""
-        return cls(predictor, items, current, candidates, prep_of(predictor.plan))
+        """The scan of `items` with the plan's preprocessing (or the predictor's own: one class's view)."""
+        return cls(predictor, items, current, candidates, getattr(predictor, "prep", None) or prep_of(predictor.plan))
 
 
 def _score_cases(scan: _Scan, ds, tune: bool, quiet: bool) -> list[dict]:
@@ -566,3 +595,8 @@ def _print_summary(result: dict) -> None:
         what = "normal images (empty ground truth)" if result["layout"] == "busi" else "cases with empty ground truth"
         Console().print(f"{result['n_empty_cases']} {what}: "
                         f"{result['empty_cases_predicted_empty']:.0%} predicted empty (not in the headline Dice)")
+
+
+# The binary scoring steps, handed to evaluation.multiclass (which scores each class as a binary segmentation).
+BINARY = SimpleNamespace(score=score, collect=_collect, summarise=_summarise, fingerprint=_fingerprint,
+                         write_tables=_write_tables, read_log=_read_log, notes=_report_notes)

@@ -37,6 +37,7 @@ th{background:#f6f8fa}
 .scroll{max-height:32rem;overflow:auto;border:1px solid #e5e7eb}
 .scroll table{width:100%}.scroll th{position:sticky;top:0;cursor:pointer;user-select:none}
 .scroll th:hover{background:#eaeef2}
+.swatch{display:inline-block;width:1em;height:1em;margin:0 .3em 0 .8em;vertical-align:middle}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(256px,1fr));gap:1rem}
 figure{margin:0}figure img{width:256px;max-width:100%;image-rendering:pixelated;
  image-rendering:crisp-edges;border:1px solid #e5e7eb}
@@ -183,7 +184,14 @@ def _prob_rgb(prob: np.ndarray) -> np.ndarray:
     return (plt.get_cmap("magma")(np.clip(prob, 0, 1))[..., :3] * 255).astype(np.uint8)
 
 
-def _overlay_grid(overlays: list[tuple]) -> str:
+def _legend(legend: list[tuple[str, tuple[int, int, int]]]) -> str:
+    """Colour swatches with the classes' names (multi-class overlays)."""
+    items = "".join(f'<span class="swatch" style="background:rgb{tuple(c)}"></span>{html.escape(n)} '
+                    for n, c in legend)
+    return f'<p class="legend">{items}</p>'
+
+
+def _overlay_grid(overlays: list[tuple], legend: list | None = None) -> str:
     figs = []
     for pic in overlays:
         cap, img = pic[0], pic[1]
@@ -192,6 +200,9 @@ def _overlay_grid(overlays: list[tuple]) -> str:
             imgs += f'<img src="{_png_uri(_prob_rgb(pic[2]))}" alt="{html.escape(cap)} probability">'
         figs.append(f'<figure class="{"pair" if len(pic) > 2 else ""}">{imgs}<figcaption>{html.escape(cap)}'
                     "</figcaption></figure>")
+    if legend:
+        return ("<p>Prediction filled, ground truth outlined, each class in its colour:</p>" + _legend(legend)
+                + f'<div class="grid">{"".join(figs)}</div>')
     return ('<p>Ground truth outlined in green, prediction in red; beside it the predicted probability '
             f'(dark = 0, yellow = 1).</p><div class="grid">{"".join(figs)}</div>')
 
@@ -258,13 +269,18 @@ def _details(title: str, doc: dict) -> str:
 def render_report(title: str, summary: dict, cases: list[dict], overlays: list[tuple], log_rows: list[dict],
                   notes: list[str], *, subgroups: dict | None = None, sweep: list[dict] | None = None,
                   lesion_summary: dict | None = None, config: dict | None = None,
-                  fingerprint: dict | None = None, stress: list[dict] | None = None) -> str:
+                  fingerprint: dict | None = None, stress: list[dict] | None = None,
+                  per_class: list[dict] | None = None, legend: list | None = None) -> str:
     """Return the HTML text: summary, learning curves, distribution, subgroups, threshold sweep, lesions,
     stress test, best / median / worst cases, the sortable per-case table, configuration and notes. `overlays` items
-    are (caption, RGB overlay) or (caption, RGB overlay, probability map)."""
+    are (caption, RGB overlay) or (caption, RGB overlay, probability map). A multi-class run adds `per_class`
+    (one row per class and their mean) and `legend` ((class name, RGB) for the overlays' colours)."""
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if summary:
         parts.append(_summary_table(summary))
+    if per_class:
+        parts += ["<h2>Per class</h2><p>Each class scored as its own binary segmentation (cases where the class "
+                  "is in the ground truth; lesion-wise detection for lesion classes).</p>", _cases_table(per_class)]
     curves = _curves(log_rows) if log_rows else ""
     if curves:
         parts += ["<h2>Learning curves</h2>", curves]
@@ -287,7 +303,7 @@ def render_report(title: str, summary: dict, cases: list[dict], overlays: list[t
                   "(Dice per case, 3D over a patient's slices) at the run's threshold and post-processing; change: "
                   "the mean Dice over all cases minus that of the unshifted input.</p>", _stress(stress)]
     if overlays:
-        parts += ["<h2>Best / median / worst cases</h2>", _overlay_grid(overlays)]
+        parts += ["<h2>Best / median / worst cases</h2>", _overlay_grid(overlays, legend)]
     if cases:
         parts += [f"<h2>All cases ({len(cases)})</h2>", "<p>Click a column header to sort.</p>", _cases_table(cases)]
     if config or fingerprint:

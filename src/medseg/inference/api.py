@@ -1,6 +1,8 @@
 """Python API: `medseg.load(RUN).predict(array_or_path)` -> masks with their geometry.
 
-The same Predictor, threshold and post-processing as `medseg predict`, without writing files.
+The same Predictor, threshold and post-processing as `medseg predict`, without writing files. A multi-class
+run returns the label map (each class's value) and the per-class probabilities (class axis first,
+background at 0), with the class names.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import postprocess
 from ..errors import MedsegError
 from ..io.images import is_volume, read_image
 from .predictor import Predictor
@@ -18,11 +19,12 @@ from .predictor import Predictor
 
 @dataclass
 class Prediction:
-    mask: np.ndarray  # bool, the input's shape (H x W, or Z x Y x X for volumes)
-    prob: np.ndarray  # float32 foreground probability, same shape
+    mask: np.ndarray  # bool, the input's shape (H x W, or Z x Y x X for volumes); multi-class: uint8 class values
+    prob: np.ndarray  # float32 foreground probability, same shape; multi-class: (K + 1) x that shape, per class
     spacing: tuple[float, ...] | None = None  # volumes: SimpleITK order (x, y, z), mm
     origin: tuple[float, ...] | None = None
     direction: tuple[float, ...] | None = None
+    classes: list[dict] | None = None  # multi-class: [{"name", "value"}] of prob[1:], in order
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -53,7 +55,17 @@ class Model:
             prob = p.volume_probabilities(iter(arr[:, None]), arr.shape[0]).astype(np.float32)
         else:
             raise MedsegError(None, f"expected H x W, {ch} x H x W or Z x H x W input, got shape {arr.shape}")
-        return Prediction(postprocess.apply(prob, p.setting), prob.astype(np.float32))
+        return self._result(prob)
+
+    def _result(self, prob: np.ndarray, **geometry) -> Prediction:
+        """Probabilities (a multi-class run's with the class axis third from the end) -> the Prediction."""
+        p = self.predictor
+        hard = p.hard(prob)
+        if not p.plan.classes:
+            return Prediction(hard, prob.astype(np.float32), **geometry)
+        classes = [{"name": c["name"], "value": c["value"]} for c in p.plan.classes]
+        per_class = np.moveaxis(np.asarray(prob, dtype=np.float32), -3, 0)
+        return Prediction(p.values(hard), per_class, classes=classes, **geometry)
 
     def predict_path(self, path: Path) -> Prediction:
         import SimpleITK as sitk
@@ -64,16 +76,15 @@ class Model:
         if path.is_dir():
             from ..io.dicomseg import series_geometry
             prob, slices, spacing_z = p.series_probabilities(path)
-            g = series_geometry([s[2] for s in slices], spacing_z)
-            return Prediction(postprocess.apply(prob, p.setting), prob.astype(np.float32), **g)
+            return self._result(prob, **series_geometry([s[2] for s in slices], spacing_z))
         if is_volume(path):
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
             reader.ReadImageInformation()
             nz = reader.GetSize()[2]
             prob = p.volume_probabilities((read_image(path, ch, intensity, z) for z in range(nz)), nz)
-            return Prediction(postprocess.apply(prob, p.setting), prob.astype(np.float32), reader.GetSpacing(),
-                              reader.GetOrigin(), reader.GetDirection())
+            return self._result(prob, spacing=reader.GetSpacing(), origin=reader.GetOrigin(),
+                                direction=reader.GetDirection())
         return self.predict(read_image(path, ch, intensity))
 
 

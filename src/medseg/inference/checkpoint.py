@@ -49,7 +49,7 @@ def read_plan(folder: Path) -> Plan:
 def load_checkpoint(folder: Path) -> tuple[torch.nn.Module, Plan]:
     """Rebuild the model from the checkpoint's own plan and load its weights."""
     plan = read_plan(folder)
-    model = build_model(plan.model, plan.in_channels, 1, **plan.model_args)
+    model = build_model(plan.model, plan.in_channels, plan.out_channels, **plan.model_args)
     try:
         model.load_state_dict(load_file(str(Path(folder) / WEIGHTS)))
     except (SafetensorError, RuntimeError) as e:

@@ -1,4 +1,8 @@
-"""Model + preprocessing from the plan -> foreground probabilities (shared by validation, evaluate, predict)."""
+"""Model + preprocessing from the plan -> foreground probabilities (shared by validation, evaluate, predict).
+
+A binary model has one output channel (sigmoid: the foreground probability, returned without a class axis);
+a multi-class model K + 1 (softmax: per-class probabilities, background first, returned with a class axis
+after the batch/slice axis)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,16 @@ from monai.inferers import sliding_window_inference
 from ..transforms import normalize, resize_image, unfit
 
 OVERLAP = 0.25  # sliding-window overlap between neighbouring patches (MONAI's default is 0.25)
+
+
+def activate(logits: torch.Tensor) -> torch.Tensor:
+    """B x C x ... logits -> probabilities: sigmoid for one channel (binary), softmax over C otherwise."""
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, 1)
+
+
+def squeeze_binary(prob: torch.Tensor) -> torch.Tensor:
+    """B x C x ... probabilities -> B x ... for a binary model (its one channel), unchanged otherwise."""
+    return prob[:, 0] if prob.shape[1] == 1 else prob
 
 
 class Normalised(torch.nn.Module):
@@ -34,8 +48,9 @@ class Ensemble(torch.nn.Module):
         self.nets = torch.nn.ModuleList(Normalised(n, m, s) for n, m, s in zip(nets, means, stds))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = torch.stack([torch.sigmoid(net(x).float()) for net in self.nets]).mean(0)
-        return torch.logit(p, eps=1e-6)
+        p = torch.stack([activate(net(x).float()) for net in self.nets]).mean(0)
+        # the logit of the mean probability (binary); multi-class: its log, which softmax maps back to it
+        return torch.logit(p, eps=1e-6) if p.shape[1] == 1 else torch.log(p.clamp_min(1e-12))
 
 
 class Bf16Autocast(torch.nn.Module):
@@ -55,7 +70,8 @@ class Bf16Autocast(torch.nn.Module):
 @torch.inference_mode()
 def predict_probs(model: torch.nn.Module, images: torch.Tensor, plan: dict, tta: bool = False,
                   batch_size: int = 16) -> torch.Tensor:
-    """Bx C x H x W images in [0, 1], all of one size -> B x H x W probabilities at that same size.
+    """Bx C x H x W images in [0, 1], all of one size -> B x H x W probabilities at that same size
+    (multi-class: B x (K+1) x H x W).
 
     Images are resized to the plan's training size and normalised as in training; the probabilities
     (not hard masks) are resized back, so thresholding happens at the input's own resolution.
@@ -70,17 +86,17 @@ def predict_probs(model: torch.nn.Module, images: torch.Tensor, plan: dict, tta:
         if not getattr(model, "includes_normalization", False):  # an ONNX graph normalises inside itself
             x = normalize(x, plan.mean, plan.std)
         x = x.contiguous(memory_format=torch.channels_last)
-        prob = torch.sigmoid(model(x))
+        prob = activate(model(x))
         if tta:  # left-right and up-down flips, probabilities averaged
-            prob = (prob + torch.sigmoid(model(x.flip(-1))).flip(-1) + torch.sigmoid(model(x.flip(-2))).flip(-2)) / 3
-        out.append(unfit(prob, (h, w), keep)[:, 0])
+            prob = (prob + activate(model(x.flip(-1))).flip(-1) + activate(model(x.flip(-2))).flip(-2)) / 3
+        out.append(squeeze_binary(unfit(prob, (h, w), keep)))
     return torch.cat(out)
 
 
 @torch.inference_mode()
 def volume_probs(model: torch.nn.Module, volume: torch.Tensor, plan: dict, device=None) -> torch.Tensor:
-    """C x D x S x S float volume in [0, 1] (training size in-plane) -> D x S x S probabilities, by
-    sliding-window inference with Gaussian-weighted overlapping patches."""
+    """C x D x S x S float volume in [0, 1] (training size in-plane) -> D x S x S probabilities (multi-class:
+    D x (K+1) x S x S), by sliding-window inference with Gaussian-weighted overlapping patches."""
     model.eval()
     device = device or torch.device("cpu")
     x = volume[None].float()
@@ -89,4 +105,5 @@ def volume_probs(model: torch.nn.Module, volume: torch.Tensor, plan: dict, devic
     x = x.to(device)
     logits = sliding_window_inference(x, plan.patch, sw_batch_size=4, predictor=model, overlap=OVERLAP,
                                       mode="gaussian")
-    return torch.sigmoid(logits)[0, 0].float().cpu()
+    prob = activate(logits)[0].float().cpu()  # C x D x S x S
+    return prob[0] if prob.shape[0] == 1 else prob.transpose(0, 1)

@@ -1,6 +1,7 @@
 """Checkpoint + inputs -> masks in each input's own format and geometry.
 
     2D images (PNG/JPG/BMP/TIFF, single-frame DICOM)  -> DIR/<relative path>.png (or .tif), uint8 0/255
+                                                          (multi-class runs: the classes' values)
     volumes (NIfTI/NRRD/MHA)                           -> DIR/<name>.nii.gz: uint8 labels, the input's shape,
                                                           spacing, origin and direction
     DICOM series (a folder of one series)              -> DIR/<folder>.seg.dcm, a DICOM Segmentation that
@@ -8,7 +9,9 @@
 
 A 2D model runs slice by slice in batches; a volume is held once as uint8 labels plus float16
 probabilities, never as float32 copies. Threshold and post-processing come from the run
-(RUN/postprocess.json, chosen by `medseg evaluate`); post-processing acts in 3D on volumes.
+(RUN/postprocess.json, chosen by `medseg evaluate`); post-processing acts in 3D on volumes. A multi-class
+run's probabilities carry a class axis (background first) and its labels are their argmax (no threshold);
+files get each class's value (plan.classes), the DICOM SEG one segment per class.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from rich.progress import Progress
 from . import postprocess
 from .checkpoint import fold_runs, load_checkpoint, resolve_run
 from ..errors import MedsegError, atomic_path, check_output, writing
-from ..io.images import (IMAGE_SUFFIXES, is_dicom, is_mask_name, is_volume, overlay, read_image, volume_stem,
-                         write_mask_png)
-from .engines import Bf16Autocast, Ensemble, predict_probs, volume_probs
+from ..io.images import (IMAGE_SUFFIXES, is_dicom, is_mask_name, is_volume, overlay, overlay_labels, read_image,
+                         volume_stem, write_label_png, write_mask_png)
+from .engines import Bf16Autocast, Ensemble, predict_probs, squeeze_binary, volume_probs
 from ..data.arrays import stream_with_neighbours
 from ..models import SPATIAL_DIMS, fold_batchnorm
 from ..planning.plan import Plan
@@ -106,7 +109,30 @@ class Predictor:
                              batch_size=self.batch_size).numpy()
 
     def mask(self, image: np.ndarray) -> np.ndarray:
-        return postprocess.apply(self.probabilities(image), self.setting)
+        return self.hard(self.probabilities(image))
+
+    def hard(self, prob: np.ndarray) -> np.ndarray:
+        """Probabilities -> the hard result: a binary run's bool mask (threshold and post-processing), a
+        multi-class run's uint8 class indices (the argmax over the class axis, third from the end)."""
+        if not self.plan.classes:
+            return postprocess.apply(prob, self.setting)
+        return np.asarray(prob).argmax(-3).astype(np.uint8)
+
+    def values(self, hard: np.ndarray) -> np.ndarray:
+        """A hard result -> the uint8 values written to files: 0/255 (binary; NIfTI and SEG take 0/1), or
+        each class's value (multi-class)."""
+        if not self.plan.classes:
+            return np.where(hard, 255, 0).astype(np.uint8)
+        return np.asarray(self.plan.class_values(), dtype=np.uint8)[hard]
+
+    def foreground(self, prob: np.ndarray) -> np.ndarray:
+        """The foreground probability: a binary run's own, a multi-class run's 1 - P(background)."""
+        return np.asarray(prob) if not self.plan.classes else 1 - np.asarray(prob)[..., 0, :, :]
+
+    def describe(self) -> str:
+        if self.plan.classes:
+            return f"labels: argmax over background + {', '.join(self.plan.class_names())}"
+        return postprocess.describe(self.setting)
 
     def volume_probabilities(self, slices, n: int, bar=None, task=None) -> np.ndarray:
         """Slices in order (an iterable of C x H x W arrays, n of them) -> n x H x W float16 probabilities,
@@ -161,9 +187,10 @@ class Predictor:
         if self.tta:  # in-plane flips, averaged in probability space as for 2D models
             probs = (probs + volume_probs(self.model, volume.flip(-1), self.plan).flip(-1)
                      + volume_probs(self.model, volume.flip(-2), self.plan).flip(-2)) / 3
-        out = np.empty((len(shrunk), *hw), dtype=np.float16)
+        probs = probs if self.plan.classes else probs[:, None]  # D x C x S x S, C = 1 or K + 1
+        out = np.empty((len(shrunk), *(probs.shape[1:-2] if self.plan.classes else ()), *hw), dtype=np.float16)
         for z in range(0, len(shrunk), 32):
-            out[z:z + 32] = unfit(probs[z:z + 32, None], tuple(hw), self.plan.keep_aspect)[:, 0].numpy()
+            out[z:z + 32] = squeeze_binary(unfit(probs[z:z + 32], tuple(hw), self.plan.keep_aspect)).numpy()
         if bar is not None:
             bar.advance(task, len(shrunk))
         return out
@@ -274,16 +301,19 @@ def _write_png16(path: Path, prob: np.ndarray) -> None:
         Image.fromarray((np.clip(prob, 0, 1) * 65535).round().astype(np.uint16)).save(tmp, format="PNG")
 
 
-def _write_tif(path: Path, mask: np.ndarray) -> None:
+def _write_tif(path: Path, values: np.ndarray) -> None:
     import tifffile
     with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, np.where(mask, 255, 0).astype(np.uint8))
+        tifffile.imwrite(tmp, values.astype(np.uint8))
 
 
-def _overlay_png(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
+def _overlay_png(path: Path, image: np.ndarray, mask: np.ndarray, multiclass: bool = False) -> None:
     from PIL import Image
+    side = max(mask.shape)
+    pic = overlay_labels(image, mask, max_side=side) if multiclass else overlay(image, np.zeros_like(mask), mask,
+                                                                                 max_side=side)
     with atomic_path(path) as tmp:
-        Image.fromarray(overlay(image, np.zeros_like(mask), mask, max_side=max(mask.shape))).save(tmp, format="PNG")
+        Image.fromarray(pic).save(tmp, format="PNG")
 
 
 class Writer:
@@ -298,12 +328,12 @@ class Writer:
     def image(self, inp: Input) -> list[Path]:
         img = self._read(inp)
         prob = self.p.probabilities(img)
-        return self._write2d(inp, img, prob, postprocess.apply(prob, self.p.setting))
+        return self._write2d(inp, img, prob, self.p.hard(prob))
 
     def stack(self, inp: Input) -> list[Path]:
         members = inp.members
         probs = self._probs((self._read(m) for m in members), len(members), inp.path.name)
-        labels = postprocess.apply(probs, self.p.setting)  # in 3D over the stack, as evaluate scores it
+        labels = self.p.hard(probs)  # in 3D over the stack, as evaluate scores it
         out = []
         for m, prob, mask in zip(members, probs, labels):
             out += self._write2d(m, self._read(m) if self.overlay else None, prob.astype(np.float32), mask)
@@ -315,13 +345,16 @@ class Writer:
             raise MedsegError(inp.path, f"--format {fmt} is for volumes and DICOM series; a 2D image takes png or tif")
         out = [inp.stem.with_name(inp.stem.name + (".png" if fmt == "png" else ".tif"))]
         (self.staging / out[0]).parent.mkdir(parents=True, exist_ok=True)
-        (write_mask_png if fmt == "png" else _write_tif)(self.staging / out[0], mask)
+        if fmt == "png" and not self.p.plan.classes:
+            write_mask_png(self.staging / out[0], mask)
+        else:  # a multi-class run's label map with its classes' values, or a TIF of either
+            (write_label_png if fmt == "png" else _write_tif)(self.staging / out[0], self.p.values(mask))
         if self.prob:
             out.append(inp.stem.with_name(inp.stem.name + "_prob.png"))
-            _write_png16(self.staging / out[-1], prob)
+            _write_png16(self.staging / out[-1], self.p.foreground(prob))
         if self.overlay:
             out.append(inp.stem.with_name(inp.stem.name + "_overlay.png"))
-            _overlay_png(self.staging / out[-1], img, mask)
+            _overlay_png(self.staging / out[-1], img, mask, bool(self.p.plan.classes))
         return out
 
     def _probs(self, slices, n: int, label: str) -> np.ndarray:
@@ -344,7 +377,9 @@ class Writer:
         nz = reader.GetSize()[2]
         ch, intensity = self.p.plan.channels, self.p.plan.intensity
         probs = self._probs((read_image(inp.path, ch, intensity, z) for z in range(nz)), nz, inp.path.name)
-        labels = postprocess.apply(probs, self.p.setting).astype(np.uint8)
+        labels = self.p.hard(probs).astype(np.uint8)
+        if self.p.plan.classes:
+            labels = self.p.values(labels)  # each class's value (a binary run's NIfTI holds 0/1)
         del probs
         ref = sitk.Image(reader.GetSize(), sitk.sitkUInt8)
         ref.SetSpacing(reader.GetSpacing())
@@ -360,7 +395,7 @@ class Writer:
     def series(self, inp: Input) -> list[Path]:
         with Progress(console=console, transient=True) as bar:
             probs, slices, spacing_z = self.p.series_probabilities(inp.path, bar, bar.add_task(inp.path.name))
-        labels = postprocess.apply(probs, self.p.setting)
+        labels = self.p.hard(probs)  # a multi-class run's class indices: the SEG's segment numbers
         del probs
         fmt = "dicom-seg" if self.fmt == "auto" else self.fmt
         (self.staging / inp.stem).parent.mkdir(parents=True, exist_ok=True)
@@ -371,7 +406,8 @@ class Writer:
         elif fmt == "nifti":
             from ..io.dicomseg import write_series_nifti
             rel = inp.stem.with_name(inp.stem.name + ".nii.gz")
-            write_series_nifti(self.staging / rel, [s[2] for s in slices], labels, spacing_z)
+            write_series_nifti(self.staging / rel, [s[2] for s in slices],
+                               self.p.values(labels) if self.p.plan.classes else labels, spacing_z)
         else:
             raise MedsegError(inp.path, f"--format {fmt} does not fit a DICOM series: use dicom-seg or nifti")
         return [rel]
@@ -419,8 +455,7 @@ def predict_with(predictor: Predictor, inputs: list[str | Path], out: str | Path
         raise
     written = [out / rel for rel in written]
     if not quiet:
-        console.print(f"wrote {len(written)} files for {len(todo)} inputs to {out} "
-                      f"({postprocess.describe(predictor.setting)})")
+        console.print(f"wrote {len(written)} files for {len(todo)} inputs to {out} ({predictor.describe()})")
     return written
 
 

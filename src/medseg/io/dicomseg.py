@@ -1,7 +1,9 @@
 """Masks of a DICOM series: a DICOM Segmentation (highdicom) or NIfTI in the series' patient geometry.
 
 highdicom builds the SEG: it references the source series and every source instance (frames in the
-source slice order, one segment, BINARY) so that viewers and PACS place it on the images it came from.
+source slice order, BINARY) so that viewers and PACS place it on the images it came from. A binary run
+writes one segment; a multi-class run one per class (segment k = class k, with its name and a coded
+category: an organ's SNOMED CT code where known, else a lesion).
 """
 
 from __future__ import annotations
@@ -14,14 +16,22 @@ from ..version import __version__
 from ..errors import MedsegError, atomic_path
 
 
-def _segment(plan: dict):
+def _segments(plan) -> list:
+    """The SEG's segment descriptions: one for a binary run (its target), one per class otherwise."""
+    if plan.classes:
+        return [_segment(str(c["name"]), k) for k, c in enumerate(plan.classes, 1)]
+    return [_segment(str(plan.target_name or plan.target or "foreground"))]
+
+
+def _segment(name: str, number: int = 1):
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    name = str(plan.target_name or plan.target or "foreground")
-    organ = {"liver": codes.SCT.Liver}.get(name.lower())
+    organs = {"liver": codes.SCT.Liver, "spleen": codes.SCT.Spleen, "kidney": codes.SCT.Kidney,
+              "pancreas": codes.SCT.Pancreas, "prostate": codes.SCT.Prostate, "gallbladder": codes.SCT.Gallbladder}
+    organ = organs.get(name.lower().replace(" ", "").replace("_", ""))
     return hd.seg.SegmentDescription(
-        segment_number=1, segment_label=name[:64],
+        segment_number=number, segment_label=name[:64],
         segmented_property_category=codes.SCT.AnatomicalStructure if organ else codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=organ or codes.SCT.Lesion,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -49,7 +59,8 @@ def _complete(images: list) -> None:
 
 
 def write_seg(path: Path, sources: list[Path], labels: np.ndarray, plan: dict) -> None:
-    """`labels` (one frame per source file, in the order of `sources`) -> one SEG file, atomically."""
+    """`labels` (one frame per source file, in the order of `sources`; 0/1, or a multi-class run's class
+    indices, which are the segment numbers) -> one SEG file, atomically."""
     import highdicom as hd
     import pydicom
 
@@ -58,7 +69,7 @@ def write_seg(path: Path, sources: list[Path], labels: np.ndarray, plan: dict) -
     try:
         seg = hd.seg.Segmentation(
             source_images=images, pixel_array=labels.astype(np.uint8),
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[_segment(plan)],
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=_segments(plan),
             series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
             manufacturer="medseg", manufacturer_model_name=f"medseg {plan.model}",
             software_versions=__version__, device_serial_number="medseg", series_description="medseg segmentation",

@@ -248,22 +248,48 @@ def read_mask(paths: list[Path], shape: tuple[int, int], values: tuple[int, ...]
     foreground (multi-class masks); without, binary masks are thresholded at half their maximum."""
     out = np.zeros(shape, dtype=bool)
     for p in paths:
-        arr = read_raw(Path(p), z)
-        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():  # else the whole slice reads as empty (fuzzer)
-            raise MedsegError(p, "mask contains NaN or Inf values")
-        if arr.ndim == 3:
-            if not (arr == arr[..., :1]).all():
-                raise MedsegError(p, "colour mask (its channels differ): expected a grey or black/white mask")
-            arr = arr[..., 0]
-        if arr.shape != tuple(shape):
-            raise MedsegError(p, f"mask is {arr.shape[1]}x{arr.shape[0]} but its image is {shape[1]}x{shape[0]}")
-        if values:
-            out |= np.isin(arr, values)
-        else:
-            hi = arr.max() if arr.size else 0
-            _check_binary(p, arr, hi)
-            out |= arr > (0 if hi <= 1 else hi / 2)
+        arr = mask_array(Path(p), shape, z)
+        out |= _foreground(p, arr, values)
     return out
+
+
+def read_labels(paths: list[Path], shape: tuple[int, int], classes: list[dict], mask_classes: tuple[int, ...] = (),
+                z: int | None = None) -> np.ndarray:
+    """A multi-class run's label map: H x W uint8 class indices (0 background, k for classes[k - 1]).
+    With `mask_classes` (3D-IRCADb: one binary mask file per structure) file j is class mask_classes[j];
+    otherwise each file is a label map whose values in class k's "labels" become k. Where classes overlap,
+    the later one wins (a tumour inside the liver is tumour)."""
+    out = np.zeros(shape, dtype=np.uint8)
+    for j, p in enumerate(paths):
+        arr = mask_array(Path(p), shape, z)
+        if mask_classes:
+            out[_foreground(p, arr, ())] = mask_classes[j]
+            continue
+        for k, c in enumerate(classes, 1):
+            out[np.isin(arr, c.get("labels") or [c["value"]])] = k
+    return out
+
+
+def mask_array(p: Path, shape: tuple[int, int], z: int | None) -> np.ndarray:
+    """One mask file (slice z) as H x W, checked: finite, grey, the image's size."""
+    arr = read_raw(p, z)
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():  # else the whole slice reads as empty (fuzzer)
+        raise MedsegError(p, "mask contains NaN or Inf values")
+    if arr.ndim == 3:
+        if not (arr == arr[..., :1]).all():
+            raise MedsegError(p, "colour mask (its channels differ): expected a grey or black/white mask")
+        arr = arr[..., 0]
+    if arr.shape != tuple(shape):
+        raise MedsegError(p, f"mask is {arr.shape[1]}x{arr.shape[0]} but its image is {shape[1]}x{shape[0]}")
+    return arr
+
+
+def _foreground(p: Path, arr: np.ndarray, values: tuple[int, ...]) -> np.ndarray:
+    if values:
+        return np.isin(arr, values)
+    hi = arr.max() if arr.size else 0
+    _check_binary(p, arr, hi)
+    return arr > (0 if hi <= 1 else hi / 2)
 
 
 def _check_binary(path: Path, arr: np.ndarray, hi) -> None:
@@ -291,6 +317,40 @@ def write_mask_png(path: Path, mask: np.ndarray) -> None:
     """Write a bool/0-1 mask as an 8-bit PNG with values 0/255, atomically."""
     with atomic_path(path) as tmp:
         Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(tmp, format="PNG")
+
+
+def write_label_png(path: Path, labels: np.ndarray) -> None:
+    """Write a label map (uint8 class values, as they are) as an 8-bit PNG, atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(labels, dtype=np.uint8), mode="L").save(tmp, format="PNG")
+
+
+# One colour per class of a multi-class run (class k: CLASS_COLOURS[(k - 1) % len]); Okabe-Ito's
+# colour-blind-safe set, the same in the report's legend, the prediction overlays and the viewer.
+CLASS_COLOURS = ((230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
+                 (204, 121, 167), (255, 255, 255))
+
+
+def class_colour(k: int) -> tuple[int, int, int]:
+    return CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)]
+
+
+def overlay_labels(img: np.ndarray, labels: np.ndarray, fill: float = 0.45, max_side: int = 320,
+                   outline: np.ndarray | None = None) -> np.ndarray:
+    """RGB uint8 picture of a multi-class label map (class indices) over the C x H x W image in [0, 1]: each
+    class filled in its colour (CLASS_COLOURS) at `fill` opacity; `outline` (another label map, e.g. the
+    ground truth) drawn as white outlines. At most `max_side` pixels a side."""
+    rgb = img if img.shape[0] == 3 else np.repeat(img[:1], 3, axis=0)
+    rgb = (np.moveaxis(rgb, 0, -1) * 255).clip(0, 255).astype(np.float32)
+    for k in [int(v) for v in np.unique(labels) if v]:
+        rgb[labels == k] = (1 - fill) * rgb[labels == k] + fill * np.array(class_colour(k), np.float32)
+    rgb = rgb.astype(np.uint8)
+    if outline is not None:
+        for k in [int(v) for v in np.unique(outline) if v]:
+            m = outline == k
+            rgb[m & ~ndimage.binary_erosion(m, iterations=max(1, max(m.shape) // 256))] = class_colour(k)
+    step = thumb_step(rgb.shape[:2], max_side)
+    return rgb[::step, ::step]
 
 
 def overlay(img: np.ndarray, gt: np.ndarray, pred: np.ndarray, max_side: int = 320) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..adapters import DataSet, Item, channel_names, load_dataset
 from ..errors import MedsegError
-from ..io.images import read_raw, read_image, to_unit
+from ..io.images import read_labels, read_raw, read_image, to_unit
 
 PERCENTILES = (0.5, 50.0, 99.5)
 SAMPLE_PER_IMAGE = 10_000  # pixels per image and channel pooled for the percentiles (nnU-Net samples too)
@@ -161,6 +161,8 @@ class _Scan:
     case_left: Counter = field(default_factory=Counter)  # items of each case not scanned yet
     case_images: dict[str, list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
     case_p99: dict[str, np.ndarray] = field(default_factory=dict)  # per channel, cases with body pixels
+    class_voxels: Counter = field(default_factory=Counter)  # multi-class: voxels per class index
+    case_classes: dict[str, set] = field(default_factory=lambda: defaultdict(set))  # classes each case shows
 
     def problem(self, kind: str, path, detail: str) -> None:
         """Record one problem found in a file (or in none)."""
@@ -216,11 +218,37 @@ def _scan_item(ds: DataSet, it: Item, s: _Scan) -> None:
         flat = img.reshape(img.shape[0], -1)
         s.case_images[it.case].append(np.array(flat[:, :: max(1, flat.shape[1] // CASE_SAMPLE_PER_IMAGE)],
                                                dtype=np.float32))
+    if ds.classes:
+        _scan_classes(ds, it, raw, s)
     n_fg = int(fg.sum())
     s.fg_pixels += n_fg
     s.total_pixels += fg.size
     s.empty_images += n_fg == 0
     s.case_fg[it.case] = s.case_fg.get(it.case, False) or n_fg > 0
+
+
+def _scan_classes(ds: DataSet, it: Item, raw: np.ndarray, s: _Scan) -> None:
+    """Multi-class: the item's voxels per class (its masks read as training reads them) and its case's classes."""
+    labels = read_labels(list(it.masks), raw.shape[1:], ds.classes, it.meta.get("mask_classes", ()), it.z)
+    counts = np.bincount(labels.ravel(), minlength=len(ds.classes) + 1)
+    s.case_classes[it.case]  # noqa: B018  (a case without any class is listed as missing them all)
+    for k in np.flatnonzero(counts[1:]) + 1:
+        s.class_voxels[int(k)] += int(counts[k])
+        s.case_classes[it.case].add(int(k))
+
+
+def _classes(ds: DataSet, s: _Scan) -> list[dict] | None:
+    """Per class: voxels, their share of all foreground, the cases that show it and those that miss it."""
+    if not ds.classes:
+        return None
+    total = sum(s.class_voxels.values()) or 1
+    out = []
+    for k, c in enumerate(ds.classes, 1):
+        missing = sorted(case for case, ks in s.case_classes.items() if k not in ks)
+        out.append({"name": c["name"], "value": c["value"], "voxels": s.class_voxels[k],
+                    "foreground_share": s.class_voxels[k] / total, "cases": len(s.case_classes) - len(missing),
+                    "cases_missing": len(missing), "missing": missing[:20] + (["..."] if len(missing) > 20 else [])})
+    return out
 
 
 def _case_done(case: str, s: _Scan) -> None:
@@ -290,8 +318,9 @@ def _read_mask(it: Item, m, raw: np.ndarray, s: _Scan) -> np.ndarray | None:
 def _scan_mask(ds: DataSet, m, arr: np.ndarray, fg: np.ndarray, s: _Scan) -> None:
     """Add one mask's foreground to fg (in place) and record its values."""
     vals = _mask_values(arr)
-    if ds.target_values:  # the rule of imageio.read_mask, on the array already read
-        fg |= np.isin(arr, ds.target_values)
+    values = ds.target_values or tuple(v for c in ds.classes for v in c.get("labels", ()))
+    if values:  # the rule of imageio.read_mask, on the array already read
+        fg |= np.isin(arr, values)
     elif len(vals):
         fg |= arr > (0 if vals[-1] <= 1 else vals[-1] / 2)
     if not s.mask_value_overflow:
@@ -300,7 +329,7 @@ def _scan_mask(ds: DataSet, m, arr: np.ndarray, fg: np.ndarray, s: _Scan) -> Non
             s.mask_value_overflow = True
     binary = len(vals) <= 1 or (len(vals) == 2 and vals[0] == 0)
     s.all_binary = s.all_binary and binary
-    if not ds.target_values and not binary:
+    if not values and not binary:
         shown = ", ".join(f"{v:g}" for v in vals[:8]) + (", ..." if len(vals) > 8 else "")
         s.problem("non-binary mask", m, f"{len(vals)} values ({shown}) where 0 and one maximum "
                   "were expected: thresholded at half the maximum")
@@ -313,7 +342,8 @@ def _result(ds: DataSet, s: _Scan, t0: float) -> dict:
     spread = _case_intensity(ds, s, names)
     _spread_problems(spread, s)
     if s.mask_values:
-        mask_kind = "binary" if s.all_binary else "multi-class" if ds.target_values else "non-binary"
+        labelled = ds.target_values or any(c.get("labels") for c in ds.classes)
+        mask_kind = "binary" if s.all_binary else "multi-class" if labelled else "non-binary"
     out = {
         "data": str(ds.root),
         "layout": ds.layout,
@@ -323,6 +353,7 @@ def _result(ds: DataSet, s: _Scan, t0: float) -> dict:
         "intensity_rule": ds.intensity,
         "target": ds.target,
         "target_values": list(ds.target_values),
+        "classes": _classes(ds, s),
         "counts": {"patients": len(ds.patients), "cases": len({it.case for it in ds.items}),
                    "images": len(ds.items), "read": s.read_ok},
         "image_size": None if not s.sizes else {
@@ -445,6 +476,10 @@ def _summary_table(fp: dict):
     t.add_column()
     t.add_row("layout", f"{fp['layout']} (unit: {fp['unit']}; channels: {', '.join(fp['channel_names'])})")
     t.add_row("target", fp["target"] + (f" (label values {fp['target_values']})" if fp["target_values"] else ""))
+    for k in fp.get("classes") or []:
+        gone = f"; missing in {k['cases_missing']}: {', '.join(k['missing'])}" if k["cases_missing"] else ""
+        t.add_row(f"class {k['name']} ({k['value']})", f"{k['voxels']} voxels ({100 * k['foreground_share']:.1f}% of "
+                  f"the foreground), in {k['cases']} cases{gone}")
     t.add_row("counts", f"{c['patients']} patients, {c['cases']} cases, {c['images']} images "
                         f"({c['read']} read without problems)")
     if fp["image_size"]:

@@ -16,8 +16,16 @@ A dataclass rather than pydantic: `import medseg.planning.plan` stays at the sta
 Versions: plans without a "version" key were written by medseg up to 31ad044 (version 1); they load with the
 behaviour of that time (no per-case intensity scaling, no weight averaging, the single best epoch), so their
 checkpoints predict the same masks. Version 2 added those three settings; version 3 `init_seed` and the
-"robust" augmentation default (a version-2 plan names its augmentation, so it keeps it). A plan newer than
+"robust" augmentation default (a version-2 plan names its augmentation, so it keeps it), and `classes` for
+multi-class runs (a plan without them, every version-1/2 plan among them, is binary). A plan newer than
 this medseg stops with one line.
+
+Classes: a binary run (BUSI, LGG, one --target) has `classes == []`, one sigmoid output and masks of 0/1. A
+multi-class run lists its foreground classes in order, each {"name", "value", ...}: class k (1-based) is
+channel k of the network's K + 1 softmax outputs (channel 0 is background), k in the arrays and in the
+DICOM SEG's segment numbers, and `value` in the label maps written (PNG, TIF, NIfTI). The other keys say
+where the class comes from in the data: "labels" (the mask/label-map values merged into it) or
+"structures" (3D-IRCADb mask folders, listed per item in meta["mask_classes"]).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ SAMPLINGS = ("lesion", "area", "uniform")  # the implementations: data.sampling.
 PRECISIONS = ("auto", "fp32", "bf16")
 INTENSITY_NORMS = ("case", "none")
 DEFAULT_PATCH = (32, 64, 64)
+MULTICLASS_LOSSES = ("ce+dice",)  # softmax losses (training.losses)
 
 
 def _setting(default, doc: str = "", lo=None, hi=None, closed: bool = True, choices: tuple | None = None):
@@ -108,6 +117,7 @@ class Plan:
     target_values: list = field(default_factory=list)
     target: str = "foreground"
     target_name: str | None = None
+    classes: list = field(default_factory=list)  # multi-class runs: [{"name", "value", ...}], see above
     keep_aspect: bool = False
     preset: str | None = None
 
@@ -189,6 +199,22 @@ class Plan:
                                     f"this {levels + 1}-level U-Net; got {size}")
         return tuple(int(s) for s in size)
 
+    @property
+    def multiclass(self) -> bool:
+        return bool(self.classes)
+
+    @property
+    def out_channels(self) -> int:
+        """The network's outputs: one logit (sigmoid) for a binary run, K + 1 (softmax) for K classes."""
+        return len(self.classes) + 1 if self.classes else 1
+
+    def class_values(self) -> list[int]:
+        """Class index -> the value written in label maps (index 0: background, 0)."""
+        return [0] + [int(c["value"]) for c in self.classes]
+
+    def class_names(self) -> list[str]:
+        return [str(c["name"]) for c in self.classes]
+
     # ------------------------------------------------------------------------------------------------ checks
     def validate(self, spatial_dims: int = 2) -> "Plan":
         """Every check of the settings, in one place; a bad value stops before any work with one line naming
@@ -210,6 +236,10 @@ class Plan:
         self._check_channel_fill()
         if (self.precision or "auto") not in PRECISIONS:
             raise MedsegError(None, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        _check_classes(self.classes)
+        if self.classes and self.loss not in MULTICLASS_LOSSES:
+            raise MedsegError(None, f"loss {self.loss!r} is for binary runs; a multi-class run takes "
+                                    f"{' or '.join(MULTICLASS_LOSSES)} (softmax over background + classes)")
         if spatial_dims == 3:
             self.patch  # noqa: B018  (raises on a bad patch_size)
             if self.augmentation not in ("3d", "none"):
@@ -227,6 +257,19 @@ class Plan:
         if not ok or isinstance(f["prob"], bool) or not isinstance(f["prob"], (int, float)) or not 0 <= f["prob"] <= 1:
             raise MedsegError(None, f'channel_fill must be {{"source": a channel index below {self.channels}, '
                                     f'"prob": 0..1}} or null, got {f!r}')
+
+
+def _check_classes(classes: list) -> None:
+    """Names unique, values distinct whole numbers 1..255 (uint8 label maps, DICOM SEG segment numbers)."""
+    if not isinstance(classes, list):
+        raise MedsegError(None, f"classes must be a list of {{name, value}}, got {classes!r}")
+    names = [str(c.get("name")) for c in classes if isinstance(c, dict)]
+    values = [c.get("value") for c in classes if isinstance(c, dict)]
+    if len(names) != len(classes) or len(set(names)) != len(names):
+        raise MedsegError(None, f"classes need distinct names, got {names}")
+    if any(not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 255 for v in values) \
+            or len(set(values)) != len(values):
+        raise MedsegError(None, f"class values must be distinct whole numbers 1..255, got {values}")
 
 
 def _check_range(key: str, v, lo, hi, closed: bool) -> None:

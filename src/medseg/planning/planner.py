@@ -68,6 +68,8 @@ def make_plan(ds: DataSet, val_fraction: float = 0.2, seed: int = 0, preset: str
         raise MedsegError(None, f"unknown setting {sorted(unknown)[0]!r}; known: {', '.join(sorted(SETTINGS))}")
     train, val = split_patients(ds, val_fraction, seed, folds, fold)
     s.update(data_settings(ds, s))
+    if ds.classes and "loss" not in given:  # softmax over background + classes, whatever the preset's binary loss
+        s["loss"] = "ce+dice"
     if SPATIAL_DIMS.get(s["model"], 2) == 3 and s["augmentation"] in ("default", "robust"):
         s["augmentation"] = "3d"  # the 2D default set does not apply to C x D x H x W patches
     plan = Plan(**s, seed=seed, val_fraction=val_fraction, folds=folds, fold=fold,
@@ -91,6 +93,7 @@ def data_settings(ds: DataSet, settings: dict) -> dict:
         "target_values": list(ds.target_values),
         "target": ds.target,
         "target_name": ds.target if ds.target != "foreground" else None,
+        "classes": [dict(c) for c in ds.classes],
         "keep_aspect": ds.keep_aspect,
         "neighbours": _neighbours(ds, settings),
     }

@@ -105,7 +105,8 @@ def _val_overlay(loop, i: int) -> np.ndarray:
     va, plan, model = loop.feed.va, loop.plan, loop.eval_module  # the weights validated
     model.eval()
     x = normalize(va.images[i:i + 1].float() / 255, plan.mean, plan.std).to(loop.device)
-    p = torch.sigmoid(model(x.contiguous(memory_format=torch.channels_last)))[0, 0] >= plan.threshold
+    logits = model(x.contiguous(memory_format=torch.channels_last))
+    p = logits.argmax(1)[0] > 0 if plan.classes else torch.sigmoid(logits)[0, 0] >= plan.threshold
     img = va.images[i].float().numpy() / 255
     pic = overlay(img if img.shape[0] == 3 else img[:1], va.masks[i, 0].numpy() > 0, p.cpu().numpy(), 10 ** 6)
     return pic.astype(np.float32) / 255

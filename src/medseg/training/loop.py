@@ -25,7 +25,7 @@ import torch.distributed as torch_dist
 from ..version import __version__
 from ..data import volumes
 from ..data.arrays import Arrays
-from ..data.sampling import Prefetch, batches, mask_areas, sample_indices
+from ..data.sampling import Prefetch, batches, class_presence, mask_areas, sample_balanced, sample_indices
 from ..errors import MedsegError
 from ..models import SPATIAL_DIMS, build_model
 from ..models.weights import load_encoder_weights
@@ -64,11 +64,14 @@ class SliceFeed:
         self.plan, self.tr, self.va = plan, tr, va
         self.bs = bs = min(plan.batch_size, len(tr.items))
         self.per_epoch = max(len(tr.items), 16 * bs, d.world * bs) // bs * bs
-        self.areas = mask_areas(tr.masks)
+        self.areas = mask_areas(tr.masks if not plan.classes else tr.masks > 0)
+        self.presence = class_presence(tr.masks, len(plan.classes)) if plan.classes else None
         self.show = int(np.argmax(mask_areas(va.masks))) if va.items else None  # TensorBoard's overlay
 
     def draw(self, rng: np.random.Generator) -> np.ndarray:
         p = self.plan
+        if self.presence is not None and p.sampling == "lesion":  # multi-class: balanced over the classes
+            return sample_balanced(self.presence, self.per_epoch, p.lesion_fraction, rng, p.empty_drop)
         return sample_indices(self.areas, self.per_epoch, p.lesion_fraction, rng, p.sampling, p.empty_drop)
 
     def batches(self, share: np.ndarray, augment):
@@ -83,7 +86,8 @@ class PatchFeed(SliceFeed):
 
     def __init__(self, plan: Plan, tr: Arrays, va: Arrays, d: Dist):
         self.plan, self.tr, self.va = plan, tr, va
-        self.tr_vol, self.va_vol, self.size = volumes.to_volumes(tr), volumes.to_volumes(va), plan.patch
+        k = len(plan.classes)
+        self.tr_vol, self.va_vol, self.size = volumes.to_volumes(tr, k), volumes.to_volumes(va), plan.patch
         self.bs = bs = plan.batch_size
         self.per_epoch = max(4 * len(self.tr_vol), 16 * bs, d.world * bs) // bs * bs
         self.show = None
@@ -111,7 +115,7 @@ class Loop:
         seed = plan.seed if plan.init_seed is None else plan.init_seed
         torch.manual_seed(seed)
         random.seed(seed)
-        module = build_model(plan.model, plan.in_channels, 1, **plan.model_args)
+        module = build_model(plan.model, plan.in_channels, plan.out_channels, **plan.model_args)
         if plan.encoder_weights and not resuming:
             load_encoder_weights(module, plan.encoder_weights)
         self.three_d = SPATIAL_DIMS.get(plan.model, 2) == 3

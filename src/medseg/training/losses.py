@@ -1,6 +1,7 @@
 """Loss registry (MONAI where it fits): name -> loss on Bx1xHxW logits and float {0,1} targets.
 
-`build_loss(plan["loss"], **plan["loss_args"])`; every loss applies the sigmoid itself. Dice-type losses
+`build_loss(plan["loss"], **plan["loss_args"])`; every binary loss applies the sigmoid itself. "ce+dice" is
+the multi-class loss: B x (K+1) x H x W logits, B x 1 x H x W class indices, softmax inside. Dice-type losses
 pool the whole batch (batch=True) so an empty slice does not give a degenerate per-image Dice of 0 or 1.
 """
 
@@ -49,6 +50,16 @@ def _bce_dice(pos_weight: float | None = None, lambda_dice: float = 1.0, lambda_
                       lambda_ce=_positive("lambda_bce", lambda_bce, True))
 
 
+def _ce_dice(lambda_dice: float = 1.0, lambda_ce: float = 1.0, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
+             batch: bool = True, include_background: bool = False) -> nn.Module:
+    """Multi-class: softmax over background + K classes, cross-entropy + soft Dice (the Dice term over the
+    foreground classes by default, as nnU-Net's), labels one-hot encoded inside."""
+    return DiceCELoss(softmax=True, to_onehot_y=True, include_background=bool(include_background), batch=bool(batch),
+                      smooth_nr=_positive("smooth_nr", smooth_nr, True), smooth_dr=_positive("smooth_dr", smooth_dr, True),
+                      lambda_dice=_positive("lambda_dice", lambda_dice, True),
+                      lambda_ce=_positive("lambda_ce", lambda_ce, True))
+
+
 def _focal(gamma: float = 2.0, alpha: float | None = None) -> nn.Module:
     if alpha is not None and not 0.0 <= _positive("alpha", alpha, True) <= 1.0:
         raise MedsegError(None, f"focal alpha (the positive class's share of the weight) must be in [0, 1], got {alpha}")
@@ -71,6 +82,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "bce": _bce,
     "focal": _focal,
     "tversky": _tversky,
+    "ce+dice": _ce_dice,
 }
 # One line each for `medseg presets`; loss_args are the keyword arguments named in brackets.
 LOSSES: dict[str, str] = {
@@ -79,6 +91,8 @@ LOSSES: dict[str, str] = {
     "bce": "binary cross-entropy on logits (pos_weight)",
     "focal": "sigmoid focal loss (gamma, alpha: the positive class's weight in [0, 1])",
     "tversky": "Tversky loss (alpha weighs false positives, beta false negatives; 0.3/0.7 favours recall)",
+    "ce+dice": "multi-class runs (the default there): softmax cross-entropy + soft Dice over the classes, MONAI "
+               "DiceCELoss (lambda_dice, lambda_ce, smooth_nr, smooth_dr, include_background)",
 }
 
 
