@@ -15,6 +15,9 @@ from medseg.planning.planner import make_plan
 from medseg.adapters import load_dataset
 from medseg.transforms import IMAGE, LABEL, augmentation
 
+from runs import train
+from safetensors.torch import load_file
+
 from conftest import write_lgg_replica
 
 
@@ -71,3 +74,17 @@ def test_lgg_plans_fill_from_flair_other_layouts_and_the_buda_preset_do_not(tmp_
 def test_a_bad_channel_fill_is_one_line(bad):
     with pytest.raises(MedsegError, match="channel_fill must be"):
         Plan(channels=3, channel_fill=bad).validate()
+
+
+def test_training_applies_the_plans_channel_fill(tmp_path):
+    """The loop builds its augmentation with the plan's channel_fill: probability 0 trains exactly as without,
+    probability 1 (every slice's channels all FLAIR) trains other weights."""
+    data = write_lgg_replica(tmp_path / "data" / "kaggle_3m")
+    tiny = {"model_args": {"features": [8, 16, 32], "res_units": 1}, "augmentation": "none"}
+    runs = {}
+    for name, fill in (("off", None), ("zero", {"source": 1, "prob": 0.0}), ("all", {"source": 1, "prob": 1.0})):
+        train(data, tmp_path / name, epochs=1, image_size=32, batch_size=2, val_fraction=0.34, quiet=True,
+              settings={**tiny, "channel_fill": fill})
+        runs[name] = load_file(str(tmp_path / name / "last" / "model.safetensors"))
+    assert all(torch.equal(runs["off"][k], runs["zero"][k]) for k in runs["off"])
+    assert any(not torch.equal(runs["off"][k], runs["all"][k]) for k in runs["off"])

@@ -224,10 +224,8 @@ class RandFillChannels(mt.Randomizable):
         self.source, self.per, self.prob = int(source), int(per), float(prob)
 
     def randomize(self, n: int) -> np.ndarray:
-        """(n, per) booleans: which channels of each sample are replaced (the source never is)."""
-        drop = self.R.random_sample((n, self.per)) < self.prob
-        drop[:, self.source] = False
-        return drop
+        """(n, per) booleans: which channels of each sample are replaced (the source by itself: no change)."""
+        return self.R.random_sample((n, self.per)) < self.prob
 
     def _fill(self, x: torch.Tensor, drop: np.ndarray) -> torch.Tensor:
         """x: B x C x ... with C a multiple of `per`; drop: B x per."""
@@ -239,9 +237,11 @@ class RandFillChannels(mt.Randomizable):
     def __call__(self, data, label=None):
         if label is not None:  # a batch: (images, labels)
             return self._fill(data, self.randomize(data.shape[0])), label
+        drop = self.randomize(1)
+        if not drop.any():  # most samples: no copy of the image
+            return data
         out = dict(data)
-        img = torch.as_tensor(out[IMAGE]).clone()
-        out[IMAGE] = self._fill(img[None], self.randomize(1))[0]
+        out[IMAGE] = self._fill(torch.as_tensor(out[IMAGE]).clone()[None], drop)[0]
         return out
 
 
