@@ -12,6 +12,7 @@ import subprocess
 import numpy as np
 import pydicom
 import pytest
+import torch
 import SimpleITK as sitk
 from PIL import Image
 
@@ -183,3 +184,32 @@ def test_lgg_folder_is_one_stack_with_2_5d_input(tmp_path):
     assert run_cli("predict", str(run), str(folder), "--out", str(out)) == 0
     got = np.stack([np.asarray(Image.open(out / f"{it.image.stem}.png")) > 0 for it in items])
     assert got.shape == expected.shape and np.array_equal(got, expected)
+
+
+class _Ramp(torch.nn.Module):
+    """Logits = image + 0.3 * row + 0.2 * column: neither left-right nor up-down symmetric."""
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        return x[:, :1] + 0.3 * torch.arange(h).view(h, 1) + 0.2 * torch.arange(w).view(1, w)
+
+
+@pytest.mark.parametrize("augmentation, flips", [("robust", ("lr",)), ("cbis", ("lr", "ud")), ("liver-ct", ())])
+def test_tta_averages_only_the_flips_the_model_was_trained_with(augmentation, flips):
+    from types import SimpleNamespace
+
+    from medseg.inference.engines import predict_probs
+
+    img = np.random.default_rng(0).random((1, 1, 8, 8)).astype(np.float32)
+    plan = SimpleNamespace(image_size=8, keep_aspect=False, mean=[0.0], std=[1.0], augmentation=augmentation)
+    got = predict_probs(_Ramp(), torch.from_numpy(img), plan, tta=True)[0].numpy()
+    # expected, by hand: the model sees the image and each flip of it; each answer is flipped back
+    rows, cols = np.arange(8)[:, None], np.arange(8)[None, :]
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    x = img[0, 0]
+    views = [sig(x + 0.3 * rows + 0.2 * cols)]
+    if "lr" in flips:  # model(flipped x) flipped back: the column ramp runs the other way
+        views.append(sig(x + 0.3 * rows + 0.2 * (7 - cols)))
+    if "ud" in flips:
+        views.append(sig(x + 0.3 * (7 - rows) + 0.2 * cols))
+    np.testing.assert_allclose(got, np.mean(views, 0), atol=1e-6)

@@ -285,6 +285,18 @@ AUGMENTATIONS: dict[str, str] = {
 }
 
 
+def tta_flips(name: str) -> tuple[int, ...]:
+    """The flips of augmentation set `name`, as axes of a B x C x H x W batch (-1 left-right, -2 up-down):
+    test-time augmentation averages over these only. A flip the model never saw in training is a new input,
+    not a second view: up-down flips (an ultrasound image with the skin at the bottom) took the pooled BUSI
+    folds' lesion Dice from 0.648 (left-right only) to 0.613 at threshold 0.3. A set without flips: none."""
+    if name == "fast":  # BatchDefault flips as `_default` does: left-right only
+        return (-1,)
+    sets = _AUGMENTATION_SETS[name]()
+    axes = {int(a) for t in sets if isinstance(t, mt.RandFlipd) for a in np.atleast_1d(t.flipper.spatial_axis)}
+    return tuple(sorted((a - 2 for a in axes), reverse=True))  # spatial axis 1 (W) -> -1, 0 (H) -> -2
+
+
 def augmentation(name: str, fill: dict | None = None, channels: int = 1):
     """Training augmentation by name (see AUGMENTATIONS); seed it with `.set_random_state(seed=...)`.
     `fill` ({"source": c, "prob": p}, the plan's channel_fill) adds RandFillChannels last, over blocks of

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from monai.inferers import sliding_window_inference
 
-from ..transforms import normalize, resize_image, unfit
+from ..transforms import normalize, resize_image, tta_flips, unfit
 
 OVERLAP = 0.25  # sliding-window overlap between neighbouring patches (MONAI's default is 0.25)
 
@@ -87,8 +87,9 @@ def predict_probs(model: torch.nn.Module, images: torch.Tensor, plan: dict, tta:
             x = normalize(x, plan.mean, plan.std)
         x = x.contiguous(memory_format=torch.channels_last)
         prob = activate(model(x))
-        if tta:  # left-right and up-down flips, probabilities averaged
-            prob = (prob + activate(model(x.flip(-1))).flip(-1) + activate(model(x.flip(-2))).flip(-2)) / 3
+        if tta:  # the flips the model was trained with (transforms.tta_flips), probabilities averaged
+            flips = tta_flips(plan.augmentation)
+            prob = (prob + sum(activate(model(x.flip(a))).flip(a) for a in flips)) / (1 + len(flips))
         out.append(squeeze_binary(unfit(prob, (h, w), keep)))
     return torch.cat(out)
 
