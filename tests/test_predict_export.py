@@ -62,7 +62,7 @@ def test_tta_changes_probabilities_not_shape(busi_run):
     run, root = busi_run
     from medseg.io.images import read_image
     img = read_image(next((root / "malignant").glob("*).png")), 1)
-    plain, tta = Predictor.load(run).probabilities(img), Predictor.load(run, tta=True).probabilities(img)
+    plain, tta = Predictor.load(run, tta=False).probabilities(img), Predictor.load(run, tta=True).probabilities(img)
     assert plain.shape == tta.shape == img.shape[1:] and not np.allclose(plain, tta)
 
 
@@ -213,3 +213,13 @@ def test_tta_averages_only_the_flips_the_model_was_trained_with(augmentation, fl
     if "ud" in flips:
         views.append(sig(x + 0.3 * (7 - rows) + 0.2 * cols))
     np.testing.assert_allclose(got, np.mean(views, 0), atol=1e-6)
+
+
+def test_a_2d_run_predicts_with_its_flips_by_default(busi_run):
+    from medseg.inference.predictor import Predictor
+    from medseg.io.images import read_image
+    run, root = busi_run
+    img = read_image(next((root / "malignant").glob("*).png")), 1)
+    default, flipped = Predictor.load(run), Predictor.load(run, tta=True)
+    assert default.tta and not Predictor.load(run, tta=False).tta
+    np.testing.assert_array_equal(default.probabilities(img), flipped.probabilities(img))

@@ -92,6 +92,7 @@ def test_3d_run_learns_evaluates_and_predicts_in_the_input_geometry(tmp_path, ms
     assert summary["best_val_dice"] > 0.5, summary
     result = evaluate(run, quiet=True)
     assert result["n_cases"] == 1 and result["dice"]["mean"] > 0.5, result["dice"]
+    assert result["tta"] is False  # by default a 3D model predicts once: flips would triple the sliding windows
     image = sorted((msd / "imagesTr").glob("[!.]*.nii.gz"))[0]
     out = tmp_path / "pred"
     assert run_cli("predict", str(run), str(image), "--out", str(out)) == 0

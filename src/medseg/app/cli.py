@@ -82,6 +82,9 @@ def train(data: Optional[Path] = typer.Argument(None, help="Data set folder in i
                  seed=seed, folds=folds, fold=fold, resume_run=resume, options=Options(threads=threads),
                  **{k: v for k, v in flags.items() if v is not None})
 
+TTA_HELP = ("Average with the flips the model was trained with (left-right; both for the cbis and strong sets). "
+            "Default: on for 2D models, off for 3D ones.")
+
 
 @app.command()
 def evaluate(run: Path = typer.Argument(..., help="Run folder (from medseg train)."),
@@ -89,7 +92,7 @@ def evaluate(run: Path = typer.Argument(..., help="Run folder (from medseg train
              split: Optional[str] = typer.Option(None, help="val or all (default: val on the training data, "
                                                  "all on other data)."),
              format: Optional[str] = typer.Option(None, "--format", help="Layout of DATA (default: detect)."),
-             tta: bool = typer.Option(False, help="Average with the flips the model was trained with (left-right; both for cbis/strong sets)."),
+             tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help=TTA_HELP),
              tune: Optional[bool] = typer.Option(None, "--tune/--no-tune",
                                                  help="Sweep thresholds and post-processing (largest component, "
                                                       "small-component removal) and save the best into the run "
@@ -120,7 +123,7 @@ def predict(run: Path = typer.Argument(..., help="Run folder (from medseg train)
                                                                  "NIfTI for volumes, DICOM SEG for DICOM series)."),
             prob: bool = typer.Option(False, "--prob", help="Also write the probability map (16-bit PNG, 2D)."),
             overlay: bool = typer.Option(False, "--overlay", help="Also write an overlay PNG (2D)."),
-            tta: bool = typer.Option(False, help="Average with the flips the model was trained with (left-right; both for cbis/strong sets)."),
+            tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help=TTA_HELP),
             threshold: Optional[float] = typer.Option(None, help="Override the run's threshold."),
             batch_size: int = typer.Option(8, "--batch-size", help="Slices per forward pass."),
             engine: str = typer.Option("torch", help="torch; torch-bf16 (bf16 autocast: faster on CPUs with AVX512-BF16/AMX, masks may differ at "

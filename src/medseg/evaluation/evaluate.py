@@ -60,11 +60,11 @@ MAX_CASE_LOSS = 0.05
 
 
 def evaluate(run: str | Path, data: str | Path | None = None, split: str | None = None,
-             layout: str | None = None, tta: bool = False, quiet: bool = False,
+             layout: str | None = None, tta: bool | None = None, quiet: bool = False,
              tune: bool | None = None, stress: bool = False) -> dict:
     run = Path(run)
     predictor = Predictor.load(run, tta=tta)
-    plan = predictor.plan
+    plan, tta = predictor.plan, predictor.tta  # None: the predictor's default (on for 2D models)
     run_folder = run if (run / "plan.json").is_file() or not (run.parent / "plan.json").is_file() else run.parent
     data = Path(data) if data else Path(plan.data)
     same = data.resolve() == Path(plan.data).resolve()

@@ -88,5 +88,5 @@ class Model:
         return self.predict(read_image(path, ch, intensity))
 
 
-def load(run: str | Path, tta: bool = False, engine: str = "torch", threshold: float | None = None) -> Model:
+def load(run: str | Path, tta: bool | None = None, engine: str = "torch", threshold: float | None = None) -> Model:
     return Model(Predictor.load(run, tta=tta, engine=engine, threshold=threshold))

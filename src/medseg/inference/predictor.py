@@ -57,9 +57,12 @@ class Predictor:
     batch_size: int = 8
 
     @classmethod
-    def load(cls, run: str | Path, tta: bool = False, engine: str = "torch", onnx_path: str | Path | None = None,
+    def load(cls, run: str | Path, tta: bool | None = None, engine: str = "torch", onnx_path: str | Path | None = None,
              threshold: float | None = None, batch_size: int = 8) -> "Predictor":
-        """A run's best checkpoint; a cross-validated run (RUN/cv.json): its fold models as one ensemble."""
+        """A run's best checkpoint; a cross-validated run (RUN/cv.json): its fold models as one ensemble.
+        `tta` None: on for 2D models (left-right flips, as nnU-Net mirrors by default: +0.012 mean Dice on the
+        pooled LGG folds, -0.002 on BUSI lesions with 2 fewer false masks of 24 normal images, for twice the
+        forward passes), off for 3D ones (three sliding-window passes over a whole volume on a CPU)."""
         folds = fold_runs(run)
         if folds is not None:
             if engine == "onnx":
@@ -85,6 +88,8 @@ class Predictor:
             if not 0 < threshold < 1:
                 raise MedsegError(None, f"--threshold must lie between 0 and 1, got {threshold}")
             setting = {**setting, "threshold": float(threshold)}
+        if tta is None:
+            tta = SPATIAL_DIMS.get(plan.model, 2) == 2
         return cls(model, plan, tta, setting, batch_size)
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
@@ -413,7 +418,7 @@ class Writer:
         return [rel]
 
 
-def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, tta: bool = False,
+def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, tta: bool | None = None,
                   quiet: bool = False, fmt: str = "auto", prob: bool = False, overlay: bool = False,
                   threshold: float | None = None, batch_size: int = 8, engine: str = "torch") -> list[Path]:
     if fmt not in FORMATS:
