@@ -102,7 +102,8 @@ def _volume_memory(run: str, engine: str) -> tuple[float, float]:
             with contextlib.redirect_stdout(io.StringIO()):
                 from medseg.inference.onnx import export_onnx
                 export_onnx(run)
-        extra = ["--engine", "onnx"] if engine == "onnx" else []
+        # one forward pass per slice, as measured before flip TTA became predict's default for 2D runs
+        extra = ["--no-tta"] + (["--engine", "onnx"] if engine == "onnx" else [])
         # the child reports its own peak (RUSAGE_CHILDREN would keep the largest of all children so far)
         code = ("import resource, sys\nfrom medseg.app.cli import main\ntry:\n    main()\nfinally:\n"
                 "    print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
