@@ -6,6 +6,8 @@ ever moved by nearest-neighbour geometry and never touched by intensity transfor
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -285,6 +287,7 @@ AUGMENTATIONS: dict[str, str] = {
 }
 
 
+@functools.lru_cache(maxsize=None)  # asked once per predicted batch; the set's transforms are built to be read
 def tta_flips(name: str) -> tuple[int, ...]:
     """The flips of augmentation set `name`, as axes of a B x C x H x W batch (-1 left-right, -2 up-down):
     test-time augmentation averages over these only. A flip the model never saw in training is a new input,

@@ -82,6 +82,7 @@ def train(data: Optional[Path] = typer.Argument(None, help="Data set folder in i
                  seed=seed, folds=folds, fold=fold, resume_run=resume, options=Options(threads=threads),
                  **{k: v for k, v in flags.items() if v is not None})
 
+
 TTA_HELP = ("Average with the flips the model was trained with (left-right; both for the cbis and strong sets). "
             "Default: on for 2D models, off for 3D ones.")
 
