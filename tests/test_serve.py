@@ -352,8 +352,9 @@ def test_serve_refuses_to_listen_beyond_loopback_without_a_token(runs, capsys, m
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
-def _chromium(tmp_path: Path):
-    """Headless Debian chromium through chromedriver; skips where they are not installed."""
+def _chromium(tmp_path: Path, page_load: str = "normal"):
+    """Headless Debian chromium through chromedriver; skips where they are not installed. `page_load` "none":
+    `driver.get` returns at once instead of waiting for the load event (a page that prompts while loading)."""
     if not CHROMEDRIVER.exists() or not Path("/usr/bin/chromium").exists():
         pytest.skip("Debian's chromium and chromium-driver are not installed (`make test` installs them as root)")
     from selenium import webdriver
@@ -363,6 +364,7 @@ def _chromium(tmp_path: Path):
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,800",
               f"--user-data-dir={tmp_path / 'profile'}"):
         opts.add_argument(a)
+    opts.page_load_strategy = page_load
     return webdriver.Chrome(service=DriverService(str(CHROMEDRIVER)), options=opts)
 
 
@@ -425,7 +427,9 @@ def test_viewer_asks_for_the_token_once(evaluated, runs, tmp_path):
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver = _chromium(tmp_path)
+    # the page prompts for the token while it loads: a get that waits for the load event can block on the
+    # open prompt (it hung for 120 s once in a full CI run); the alert wait below is the synchronisation
+    driver = _chromium(tmp_path, page_load="none")
     with live(create_app(evaluated, token=TOKEN)) as url:
         try:
             driver.get(url + "/")
