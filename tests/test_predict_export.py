@@ -194,7 +194,8 @@ class _Ramp(torch.nn.Module):
         return x[:, :1] + 0.3 * torch.arange(h).view(h, 1) + 0.2 * torch.arange(w).view(1, w)
 
 
-@pytest.mark.parametrize("augmentation, flips", [("robust", ("lr",)), ("cbis", ("lr", "ud")), ("liver-ct", ())])
+@pytest.mark.parametrize("augmentation, flips", [("robust", ("lr",)), ("wide", ("lr",)), ("cbis", ("lr", "ud")),
+                                                 ("liver-ct", ())])
 def test_tta_averages_only_the_flips_the_model_was_trained_with(augmentation, flips):
     from types import SimpleNamespace
 
