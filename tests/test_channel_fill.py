@@ -62,6 +62,32 @@ def test_the_batched_set_fills_too_and_without_fill_nothing_is_copied():
     assert torch.equal(torch.as_tensor(plain(_sample())[IMAGE]), _sample()[IMAGE])
 
 
+class _Contrast(torch.nn.Module):
+    """Logit 4 (c0 - c1) + c2 from the first neighbour's channels: a model that reads pre-contrast against FLAIR."""
+
+    def forward(self, x):
+        return 4 * (x[:, :1] - x[:, 1:2]) + x[:, 2:3]
+
+
+@pytest.mark.parametrize("fill, tta, views", [({"source": 1, "prob": 0.15}, True, ("as is", "filled")),
+                                              ({"source": 1, "prob": 0.15}, False, ("as is",)),
+                                              (None, True, ("as is",)), ({"source": 1, "prob": 0}, True, ("as is",))])
+def test_tta_averages_the_image_and_its_filled_view_when_the_run_trained_with_a_fill(fill, tta, views):
+    from types import SimpleNamespace
+
+    from medseg.inference.engines import predict_probs
+
+    img = np.random.default_rng(0).random((2, 6, 8, 8)).astype(np.float32)  # 2 neighbours x 3 channels each
+    plan = SimpleNamespace(image_size=8, keep_aspect=False, mean=[0.0] * 6, std=[1.0] * 6, augmentation="none",
+                           channel_fill=fill, channels=3)
+    got = predict_probs(_Contrast(), torch.from_numpy(img.copy()), plan, tta=tta).numpy()
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    c0, c1, c2 = img[:, 0], img[:, 1], img[:, 2]
+    # expected, by hand: as it is, 4 (c0 - c1) + c2; filled (c0 and c2 copies of FLAIR, c1), 4 * 0 + c1
+    expected = {"as is": sig(4 * (c0 - c1) + c2), "filled": sig(c1)}
+    np.testing.assert_allclose(got, np.mean([expected[v] for v in views], 0), atol=1e-6)
+
+
 def test_lgg_plans_fill_from_flair_other_layouts_and_the_buda_preset_do_not(tmp_path):
     ds = load_dataset(write_lgg_replica(tmp_path / "kaggle_3m"))
     assert make_plan(ds).channel_fill == {"source": 1, "prob": 0.15}  # FLAIR is channel 1 of kaggle_3m
@@ -88,3 +114,19 @@ def test_training_applies_the_plans_channel_fill(tmp_path):
         runs[name] = load_file(str(tmp_path / name / "last" / "model.safetensors"))
     assert all(torch.equal(runs["off"][k], runs["zero"][k]) for k in runs["off"])
     assert any(not torch.equal(runs["off"][k], runs["all"][k]) for k in runs["off"])
+
+
+@pytest.mark.parametrize("fill", [{"source": 1, "prob": 0.15}, None])
+def test_3d_tta_averages_the_volume_and_its_filled_view_too(fill):
+    from types import SimpleNamespace
+
+    from medseg.inference.predictor import Predictor
+
+    vol = np.random.default_rng(1).random((4, 3, 8, 8)).astype(np.float32)  # 4 slices x 3 channels, voxel-wise model
+    plan = SimpleNamespace(image_size=8, keep_aspect=False, mean=[0.0] * 3, std=[1.0] * 3, patch=(4, 8, 8),
+                           classes=None, channel_fill=fill, channels=3)
+    got = Predictor(_Contrast(), plan, tta=True)._volume_3d(list(vol), len(vol)).astype(np.float32)
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    c0, c1, c2 = vol[:, 0], vol[:, 1], vol[:, 2]
+    views = [sig(4 * (c0 - c1) + c2)] + ([sig(c1)] if fill else [])  # the flips change nothing voxel-wise
+    np.testing.assert_allclose(got, np.mean(views, 0), atol=2e-3)  # float16 probabilities

@@ -202,7 +202,7 @@ def test_tta_averages_only_the_flips_the_model_was_trained_with(augmentation, fl
     from medseg.inference.engines import predict_probs
 
     img = np.random.default_rng(0).random((1, 1, 8, 8)).astype(np.float32)
-    plan = SimpleNamespace(image_size=8, keep_aspect=False, mean=[0.0], std=[1.0], augmentation=augmentation)
+    plan = SimpleNamespace(image_size=8, keep_aspect=False, mean=[0.0], std=[1.0], augmentation=augmentation, channel_fill=None)
     got = predict_probs(_Ramp(), torch.from_numpy(img), plan, tta=True)[0].numpy()
     # expected, by hand: the model sees the image and each flip of it; each answer is flipped back
     rows, cols = np.arange(8)[:, None], np.arange(8)[None, :]

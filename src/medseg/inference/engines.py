@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from monai.inferers import sliding_window_inference
 
-from ..transforms import normalize, resize_image, tta_flips, unfit
+from ..transforms import fill_channels, normalize, resize_image, tta_fill, tta_flips, unfit
 
 OVERLAP = 0.25  # sliding-window overlap between neighbouring patches (MONAI's default is 0.25)
 
@@ -74,7 +74,9 @@ def predict_probs(model: torch.nn.Module, images: torch.Tensor, plan: dict, tta:
     (multi-class: B x (K+1) x H x W).
 
     Images are resized to the plan's training size and normalised as in training; the probabilities
-    (not hard masks) are resized back, so thresholding happens at the input's own resolution.
+    (not hard masks) are resized back, so thresholding happens at the input's own resolution. With `tta` the
+    probabilities are averaged over the flips the model was trained with and, for a run trained with a channel
+    fill, over the image as it is and its filled view (transforms.tta_fill): each view twice the passes.
     """
     model.eval()
     out = []
@@ -82,16 +84,27 @@ def predict_probs(model: torch.nn.Module, images: torch.Tensor, plan: dict, tta:
         x = images[start:start + batch_size].float()
         h, w = x.shape[-2:]
         keep = plan.keep_aspect
-        x = resize_image(x, plan.image_size, keep)
-        if not getattr(model, "includes_normalization", False):  # an ONNX graph normalises inside itself
-            x = normalize(x, plan.mean, plan.std)
-        x = x.contiguous(memory_format=torch.channels_last)
-        prob = activate(model(x))
-        if tta:  # the flips the model was trained with (transforms.tta_flips), probabilities averaged
-            flips = tta_flips(plan.augmentation)
-            prob = (prob + sum(activate(model(x.flip(a))).flip(a) for a in flips)) / (1 + len(flips))
+        views = [resize_image(x, plan.image_size, keep)]
+        source = tta_fill(plan.channel_fill) if tta else None
+        if source is not None:  # the view with the other channels replaced, as the channel fill trained it
+            views.append(fill_channels(views[0].clone(), source, plan.channels))
+        prob = sum(_flip_averaged(model, _normalized(model, v, plan), plan, tta) for v in views) / len(views)
         out.append(squeeze_binary(unfit(prob, (h, w), keep)))
     return torch.cat(out)
+
+
+def _normalized(model: torch.nn.Module, x: torch.Tensor, plan) -> torch.Tensor:
+    if not getattr(model, "includes_normalization", False):  # an ONNX graph normalises inside itself
+        x = normalize(x, plan.mean, plan.std)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _flip_averaged(model: torch.nn.Module, x: torch.Tensor, plan, tta: bool) -> torch.Tensor:
+    """Probabilities of x; with tta, averaged with those of the flips the model was trained with
+    (transforms.tta_flips)."""
+    prob = activate(model(x))
+    flips = tta_flips(plan.augmentation) if tta else ()
+    return (prob + sum(activate(model(x.flip(a))).flip(a) for a in flips)) / (1 + len(flips))
 
 
 @torch.inference_mode()
