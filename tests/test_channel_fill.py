@@ -69,10 +69,13 @@ class _Contrast(torch.nn.Module):
         return 4 * (x[:, :1] - x[:, 1:2]) + x[:, 2:3]
 
 
-@pytest.mark.parametrize("fill, tta, views", [({"source": 1, "prob": 0.15}, True, ("as is", "filled")),
+ALL4 = ("as is", "pre", "post", "both")
+
+
+@pytest.mark.parametrize("fill, tta, views", [({"source": 1, "prob": 0.15}, True, ALL4),
                                               ({"source": 1, "prob": 0.15}, False, ("as is",)),
                                               (None, True, ("as is",)), ({"source": 1, "prob": 0}, True, ("as is",))])
-def test_tta_averages_the_image_and_its_filled_view_when_the_run_trained_with_a_fill(fill, tta, views):
+def test_tta_averages_every_fill_pattern_when_the_run_trained_with_a_fill(fill, tta, views):
     from types import SimpleNamespace
 
     from medseg.inference.engines import predict_probs
@@ -83,8 +86,9 @@ def test_tta_averages_the_image_and_its_filled_view_when_the_run_trained_with_a_
     got = predict_probs(_Contrast(), torch.from_numpy(img.copy()), plan, tta=tta).numpy()
     sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     c0, c1, c2 = img[:, 0], img[:, 1], img[:, 2]
-    # expected, by hand: as it is, 4 (c0 - c1) + c2; filled (c0 and c2 copies of FLAIR, c1), 4 * 0 + c1
-    expected = {"as is": sig(4 * (c0 - c1) + c2), "filled": sig(c1)}
+    # expected, by hand: as it is 4 (c0 - c1) + c2; c0 a copy of FLAIR (c1): c2; c2 a copy: 4 (c0 - c1) + c1;
+    # both copies: c1
+    expected = {"as is": sig(4 * (c0 - c1) + c2), "pre": sig(c2), "post": sig(4 * (c0 - c1) + c1), "both": sig(c1)}
     np.testing.assert_allclose(got, np.mean([expected[v] for v in views], 0), atol=1e-6)
 
 
@@ -117,7 +121,7 @@ def test_training_applies_the_plans_channel_fill(tmp_path):
 
 
 @pytest.mark.parametrize("fill", [{"source": 1, "prob": 0.15}, None])
-def test_3d_tta_averages_the_volume_and_its_filled_view_too(fill):
+def test_3d_tta_averages_the_volume_and_its_fill_patterns_too(fill):
     from types import SimpleNamespace
 
     from medseg.inference.predictor import Predictor
@@ -128,5 +132,6 @@ def test_3d_tta_averages_the_volume_and_its_filled_view_too(fill):
     got = Predictor(_Contrast(), plan, tta=True)._volume_3d(list(vol), len(vol)).astype(np.float32)
     sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     c0, c1, c2 = vol[:, 0], vol[:, 1], vol[:, 2]
-    views = [sig(4 * (c0 - c1) + c2)] + ([sig(c1)] if fill else [])  # the flips change nothing voxel-wise
+    views = [sig(4 * (c0 - c1) + c2)]  # the flips change nothing voxel-wise
+    views += [sig(c2), sig(4 * (c0 - c1) + c1), sig(c1)] if fill else []
     np.testing.assert_allclose(got, np.mean(views, 0), atol=2e-3)  # float16 probabilities

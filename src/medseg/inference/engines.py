@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from monai.inferers import sliding_window_inference
 
-from ..transforms import fill_channels, normalize, resize_image, tta_fill, tta_flips, unfit
+from ..transforms import fill_views, normalize, resize_image, tta_flips, unfit
 
 OVERLAP = 0.25  # sliding-window overlap between neighbouring patches (MONAI's default is 0.25)
 
@@ -76,7 +76,7 @@ def predict_probs(model: torch.nn.Module, images: torch.Tensor, plan: dict, tta:
     Images are resized to the plan's training size and normalised as in training; the probabilities
     (not hard masks) are resized back, so thresholding happens at the input's own resolution. With `tta` the
     probabilities are averaged over the flips the model was trained with and, for a run trained with a channel
-    fill, over the image as it is and its filled view (transforms.tta_fill): each view twice the passes.
+    fill, over the image as it is and its filled views (transforms.tta_fills): each view its flips' passes.
     """
     model.eval()
     out = []
@@ -84,10 +84,8 @@ def predict_probs(model: torch.nn.Module, images: torch.Tensor, plan: dict, tta:
         x = images[start:start + batch_size].float()
         h, w = x.shape[-2:]
         keep = plan.keep_aspect
-        views = [resize_image(x, plan.image_size, keep)]
-        source = tta_fill(plan.channel_fill) if tta else None
-        if source is not None:  # the view with the other channels replaced, as the channel fill trained it
-            views.append(fill_channels(views[0].clone(), source, plan.channels))
+        x = resize_image(x, plan.image_size, keep)
+        views = fill_views(x, plan) if tta else [x]  # with a channel fill: its patterns, as it trained
         prob = sum(_flip_averaged(model, _normalized(model, v, plan), plan, tta) for v in views) / len(views)
         out.append(squeeze_binary(unfit(prob, (h, w), keep)))
     return torch.cat(out)

@@ -38,7 +38,7 @@ from ..data.arrays import stream_with_neighbours
 from ..models import SPATIAL_DIMS, fold_batchnorm
 from ..planning.plan import Plan
 from ..io.intensity import scale_case
-from ..transforms import fill_channels, resize_image, tta_fill, unfit
+from ..transforms import fill_views, resize_image, unfit
 
 
 console = Console(stderr=True)
@@ -62,7 +62,7 @@ class Predictor:
         """A run's best checkpoint; a cross-validated run (RUN/cv.json): its fold models as one ensemble.
         `tta` None: on for 2D models (left-right flips, as nnU-Net mirrors by default: +0.012 mean Dice on the
         pooled LGG folds, -0.002 on BUSI lesions with 2 fewer false masks of 24 normal images, for twice the
-        forward passes; a run trained with a channel fill also averages the filled view, transforms.tta_fill),
+        forward passes; a run trained with a channel fill also averages its filled views, transforms.tta_fills),
         off for 3D ones (three sliding-window passes over a whole volume on a CPU)."""
         folds = fold_runs(run)
         if folds is not None:
@@ -189,9 +189,7 @@ class Predictor:
             shrunk.append(resize_image(torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None],
                                        self.plan.image_size, self.plan.keep_aspect)[0])
         volume = torch.stack(shrunk, 1)  # C x D x S x S
-        source = tta_fill(self.plan.channel_fill) if self.tta else None
-        views = [volume] if source is None else [volume, fill_channels(volume[None].clone(), source,
-                                                                       self.plan.channels)[0]]
+        views = [v[0] for v in fill_views(volume[None], self.plan)] if self.tta else [volume]
         probs = sum(self._volume_views(v) for v in views) / len(views)
         probs = probs if self.plan.classes else probs[:, None]  # D x C x S x S, C = 1 or K + 1
         out = np.empty((len(shrunk), *(probs.shape[1:-2] if self.plan.classes else ()), *hw), dtype=np.float16)
