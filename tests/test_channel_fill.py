@@ -62,6 +62,10 @@ def test_the_batched_set_fills_too_and_without_fill_nothing_is_copied():
     assert torch.equal(torch.as_tensor(plain(_sample())[IMAGE]), _sample()[IMAGE])
 
 
+def sig(v):
+    return 1 / (1 + np.exp(-v))
+
+
 class _Contrast(torch.nn.Module):
     """Logit 4 (c0 - c1) + c2 from the first neighbour's channels: a model that reads pre-contrast against FLAIR."""
 
@@ -84,7 +88,6 @@ def test_tta_averages_every_fill_pattern_when_the_run_trained_with_a_fill(fill, 
     plan = SimpleNamespace(image_size=8, keep_aspect=False, mean=[0.0] * 6, std=[1.0] * 6, augmentation="none",
                            channel_fill=fill, channels=3)
     got = predict_probs(_Contrast(), torch.from_numpy(img.copy()), plan, tta=tta).numpy()
-    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     c0, c1, c2 = img[:, 0], img[:, 1], img[:, 2]
     # expected, by hand: as it is 4 (c0 - c1) + c2; c0 a copy of FLAIR (c1): c2; c2 a copy: 4 (c0 - c1) + c1;
     # both copies: c1
@@ -130,7 +133,6 @@ def test_3d_tta_averages_the_volume_and_its_fill_patterns_too(fill):
     plan = SimpleNamespace(image_size=8, keep_aspect=False, mean=[0.0] * 3, std=[1.0] * 3, patch=(4, 8, 8),
                            classes=None, channel_fill=fill, channels=3)
     got = Predictor(_Contrast(), plan, tta=True)._volume_3d(list(vol), len(vol)).astype(np.float32)
-    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     c0, c1, c2 = vol[:, 0], vol[:, 1], vol[:, 2]
     views = [sig(4 * (c0 - c1) + c2)]  # the flips change nothing voxel-wise
     views += [sig(c2), sig(4 * (c0 - c1) + c1), sig(c1)] if fill else []
