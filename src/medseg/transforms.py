@@ -295,24 +295,68 @@ class RandFillChannels(mt.Randomizable):
         return out
 
 
+class RandSequenceGamma(mt.Randomizable):
+    """Each sequence its own contrast curve: with probability `prob` each of the `per` channels of a block
+    (one sequence, in every 2.5D neighbour slice alike) gets its own gamma drawn from `gamma`, applied on that
+    sequence's own range, as MONAI's RandAdjustContrast applies one to a whole image.
+
+    Institutions differ in how each MRI sequence renders a lesion against the brain, not only in overall
+    brightness (LGG: in 6 of 7 CS patients the lesion is brighter than the brain on post-contrast, in 1 of
+    21 others; README, "Missing sequences"); per-case normalisation removes scale and offset per channel,
+    not that. MONAI's contrast transforms draw one value for all channels (RandScaleIntensity's channel_wise
+    draws per channel, not per sequence across neighbour slices, and scales rather than bends), so it is
+    written here. Works on one sample (dict, C x ...) or a batch tensor pair (B x C x ...)."""
+
+    def __init__(self, per: int, prob: float, gamma: tuple[float, float] = (0.5, 2.0)):
+        self.per, self.prob, self.gamma = int(per), float(prob), (float(gamma[0]), float(gamma[1]))
+
+    def randomize(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """((n, per) booleans: which sequences of each sample change, (n, per) their gammas)."""
+        return self.R.random_sample((n, self.per)) < self.prob, self.R.uniform(*self.gamma, (n, self.per))
+
+    def _bend(self, x: torch.Tensor, on: np.ndarray, gamma: np.ndarray) -> torch.Tensor:
+        blocks = x.reshape(x.shape[0], -1, self.per, *x.shape[2:])  # B x slices x per x ...
+        for b, c in zip(*np.nonzero(on)):
+            sel = blocks[b, :, c]
+            lo = sel.min()
+            span = sel.max() - lo
+            blocks[b, :, c] = ((sel - lo) / (span + 1e-7)).clamp_min(0) ** float(gamma[b, c]) * span + lo
+        return blocks.reshape(x.shape)
+
+    def __call__(self, data, label=None):
+        if label is not None:  # a batch: (images, labels)
+            return self._bend(data, *self.randomize(data.shape[0])), label
+        on, gamma = self.randomize(1)
+        if not on.any():
+            return data
+        out = dict(data)
+        out[IMAGE] = self._bend(torch.as_tensor(out[IMAGE]).clone()[None], on, gamma)[0]
+        return out
+
+
 class _Then(mt.Randomizable):
-    """A batch augmenter followed by a batch RandFillChannels (the "fast" set with a channel fill)."""
+    """A batch augmenter followed by batch extras (RandSequenceGamma, RandFillChannels: the "fast" set with
+    them), each seeded from the next seed."""
 
     batched = True
 
-    def __init__(self, first, then: RandFillChannels):
+    def __init__(self, first, *then):
         self.first, self.then = first, then
 
     def set_random_state(self, seed=None, state=None):
         self.first.set_random_state(seed=seed, state=state)
-        self.then.set_random_state(seed=None if seed is None else seed + 1)
+        for i, t in enumerate(self.then, 1):
+            t.set_random_state(seed=None if seed is None else seed + i)
         return self
 
     def randomize(self, data=None) -> None:  # each part draws its own
         pass
 
     def __call__(self, x, y):
-        return self.then(*self.first(x, y))
+        x, y = self.first(x, y)
+        for t in self.then:
+            x, y = t(x, y)
+        return x, y
 
 
 _AUGMENTATION_SETS = {"none": list, "default": _default, "robust": _robust, "flips": lambda: [_flip(1)], "busi": _busi, "lgg": _lgg,
@@ -349,15 +393,17 @@ def tta_flips(name: str) -> tuple[int, ...]:
     return tuple(sorted((a - 2 for a in axes), reverse=True))  # spatial axis 1 (W) -> -1, 0 (H) -> -2
 
 
-def augmentation(name: str, fill: dict | None = None, channels: int = 1):
+def augmentation(name: str, fill: dict | None = None, channels: int = 1, sequence_gamma: float = 0.0):
     """Training augmentation by name (see AUGMENTATIONS); seed it with `.set_random_state(seed=...)`.
-    `fill` ({"source": c, "prob": p}, the plan's channel_fill) adds RandFillChannels last, over blocks of
-    `channels` channels; the set's own transforms keep their random streams."""
+    `sequence_gamma` (a probability; the plan's) adds RandSequenceGamma, then `fill` ({"source": c, "prob": p},
+    the plan's channel_fill) RandFillChannels last, both over blocks of `channels` channels; the set's own
+    transforms keep their random streams, and so does the fill where sequence_gamma is 0."""
     from .errors import MedsegError
 
     if name not in _AUGMENTATION_SETS:
         raise MedsegError(None, f"unknown augmentation {name!r}; known: {', '.join(AUGMENTATIONS)}")
-    filler = RandFillChannels(fill["source"], channels, fill["prob"]) if fill and fill.get("prob") else None
+    extras = ([RandSequenceGamma(channels, sequence_gamma)] if sequence_gamma else []) + (
+        [RandFillChannels(fill["source"], channels, fill["prob"])] if fill and fill.get("prob") else [])
     if name == "fast":
-        return BatchDefault() if filler is None else _Then(BatchDefault(), filler)
-    return mt.Compose(_AUGMENTATION_SETS[name]() + ([filler] if filler is not None else []))
+        return _Then(BatchDefault(), *extras) if extras else BatchDefault()
+    return mt.Compose(_AUGMENTATION_SETS[name]() + extras)

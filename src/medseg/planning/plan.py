@@ -105,6 +105,8 @@ class Plan:
     channel_fill: dict | None = _setting(None, 'train with each channel but "source" replaced by a copy of it '
                                                'with probability "prob", as a layout marks a missing sequence, '
                                                'e.g. {"source": 1, "prob": 0.15} (null: off)')
+    sequence_gamma: float = _setting(0.0, "probability that each sequence (channel) of a training sample gets "
+                                          "its own gamma 0.5-2, as institutions render a sequence differently", 0, 1)
     init_seed: int | None = _setting(None, "seed of the weights' initialisation, sampling and augmentation "
                                            "(null: the split's seed); another value trains on the same split")
 
