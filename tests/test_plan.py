@@ -88,3 +88,16 @@ def test_plan_versions_and_keys(tmp_path):
         plan.replace(lr=0).validate()
     with pytest.raises(MedsegError, match="unknown sampling 'often'"):
         plan.replace(sampling="often").validate()
+
+
+def test_busi_trains_the_dice_term_per_image_unless_a_preset_or_another_loss_says_otherwise(tmp_path):
+    from medseg.planning.planner import settings_for
+
+    per_image = {"batch": False, "smooth_nr": 1.0, "smooth_dr": 1.0}
+    assert settings_for("busi")["loss_args"] == per_image
+    assert settings_for("lgg")["loss_args"] == {}
+    assert settings_for("busi", preset="busi")["loss_args"] == {}  # the seed's recipe as published
+    assert settings_for("busi", overrides={"loss": "focal"})["loss_args"] == {}
+    assert settings_for("busi", overrides={"loss_args": {"batch": True}})["loss_args"] == {"batch": True}
+    ds = load_dataset(write_busi_replica(tmp_path / "b", per_class=3))
+    assert make_plan(ds).loss_args == per_image

@@ -17,9 +17,13 @@ from .split import split_patients
 
 # What a layout needs unless a preset or the user says otherwise. kaggle_3m: a missing pre- or post-contrast
 # scan is a copy of FLAIR in its channel; training with such copies (each other channel with probability
-# 0.15) keeps those patients from an empty mask (transforms.RandFillChannels).
+# 0.15) keeps those patients from an empty mask (transforms.RandFillChannels). BUSI: the Dice term per image
+# (smoothing 1, so an empty normal image is not a 0/1 cliff), the metric BUSI reports, instead of over the
+# batch: pooled 5-fold lesion Dice 0.659 against 0.612 (paired +0.046, 95% CI +0.008 to +0.082; false masks
+# on 11 of the 24 normal images against 9; README "Measured so far").
 LAYOUT_DEFAULTS: dict[str, dict] = {
     "lgg": {"channel_fill": {"source": CHANNEL_NAMES["lgg"].index("FLAIR"), "prob": 0.15}},
+    "busi": {"loss_args": {"batch": False, "smooth_nr": 1.0, "smooth_dr": 1.0}},
 }
 
 
@@ -45,7 +49,12 @@ def settings_for(layout: str, preset: str | None = None, overrides: dict | None 
             raise MedsegError(None, f"preset {preset!r} sets unknown keys: {', '.join(sorted(unknown))}")
         plan.update(known[preset]["settings"])
         plan["preset"] = preset
-    plan.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    plan.update(given)
+    # The layout's loss_args tune medseg's default loss: a preset's recipe or another loss starts from none.
+    if "loss_args" in LAYOUT_DEFAULTS.get(layout, {}) and "loss_args" not in given and (
+            preset and "loss_args" not in known[preset]["settings"] or plan["loss"] != DEFAULTS["loss"]):
+        plan["loss_args"] = DEFAULTS["loss_args"]
     return plan
 
 
