@@ -17,7 +17,10 @@ from conftest import write_lgg_replica
 
 TINY = {"model_args": {"features": [8, 16, 32], "res_units": 1}}
 KW = dict(image_size=32, batch_size=2, val_fraction=0.34, quiet=True)
-RECORDED = {"2.13.0": "c4fb3827662213b476e6055d459afad07f7fea3e766d3576c8dbf9009d112c03"}
+# The second hash: the same code (c0c95a1, before this change) on the AMD EPYC machine of 2026-12-01, whose
+# float kernels round differently; any change to the training's arithmetic or random streams changes both.
+RECORDED = {"2.13.0": ("c4fb3827662213b476e6055d459afad07f7fea3e766d3576c8dbf9009d112c03",
+                       "929063f1674ca5ce93f8f88a47a7ca7474effb47ee424ca63c2d0a73d736ec8f")}
 
 
 def weights_hash(path: Path) -> str:
@@ -38,4 +41,4 @@ def test_fixed_seed_binary_run_gives_the_recorded_weights(tmp_path):
     data = write_lgg_replica(tmp_path / "data" / "kaggle_3m")
     # channel_fill off: LGG runs train with FLAIR copies since 71c325a, after the hash was recorded
     train(data, tmp_path / "run", epochs=2, seed=0, settings={**TINY, "channel_fill": None}, threads=1, **KW)
-    assert weights_hash(tmp_path / "run" / "last" / "model.safetensors") == RECORDED[version]
+    assert weights_hash(tmp_path / "run" / "last" / "model.safetensors") in RECORDED[version]
