@@ -40,3 +40,16 @@ def test_cli_errors(tmp_path, capsys):
     c = _run(tmp_path / "c", {"other": 0.5})
     assert run_cli("compare", str(a), str(c)) == 2
     assert run_cli("compare", str(a), str(a)) == 0
+
+
+def test_median_and_counts_show_a_mean_carried_by_one_case(tmp_path, capsys):
+    # b - a per case: +0.1, +0.1, -0.1, 0, +1.0 -> mean +0.22, median +0.1, 3 better, 1 worse (1 equal)
+    a = _run(tmp_path / "a", {"c1": 0.5, "c2": 0.5, "c3": 0.5, "c4": 0.5, "c5": 0.0})
+    b = _run(tmp_path / "b", {"c1": 0.6, "c2": 0.6, "c3": 0.4, "c4": 0.5, "c5": 1.0})
+    vs = compare([a, b], quiet=True)["runs"][1]["vs_first"]
+    assert vs["mean_diff"] == pytest.approx(0.22)
+    assert vs["median_diff"] == pytest.approx(0.1)
+    assert (vs["better"], vs["worse"]) == (3, 1)
+    assert run_cli("compare", str(a), str(b)) == 0
+    out = capsys.readouterr().out
+    assert "+0.100" in out and "3 / 1" in out

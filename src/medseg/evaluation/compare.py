@@ -85,11 +85,14 @@ def _entries(runs: list[Path], values: list[dict], keys: list) -> list[dict]:
 
 def _print(result: dict) -> None:
     t = Table(title=f"{result['metric']} on {result['cases']} shared cases with a lesion (paired tests vs the first run)")
-    for col in ("run", "mean", "median", "q1", "q3", "mean diff vs first (95% CI)", "Wilcoxon p"):
+    for col in ("run", "mean", "median", "q1", "q3", "mean diff vs first (95% CI)", "median diff",
+                "better / worse", "Wilcoxon p"):
         t.add_column(col, justify="left" if col == "run" else "right")
     for e in result["runs"]:
         vs = e.get("vs_first")
         diff = f"{vs['mean_diff']:+.3f} ({vs['ci95_low']:+.3f} to {vs['ci95_high']:+.3f})" if vs else "reference"
         p = "" if not vs else ("n/a" if math.isnan(vs["p_value"]) else f"{vs['p_value']:.3g}")
-        t.add_row(escape(e["run"]), *(f"{e[k]:.3f}" for k in ("mean", "median", "q1", "q3")), diff, p)
+        median = f"{vs['median_diff']:+.3f}" if vs else ""
+        counts = f"{vs['better']} / {vs['worse']}" if vs else ""
+        t.add_row(escape(e["run"]), *(f"{e[k]:.3f}" for k in ("mean", "median", "q1", "q3")), diff, median, counts, p)
     Console().print(t)

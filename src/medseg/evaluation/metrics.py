@@ -163,7 +163,8 @@ def size_bin(fraction: float, edges: tuple[float, ...] = SIZE_EDGES) -> str:
 
 def paired_test(a: list[float], b: list[float], seed: int = 0) -> dict[str, float]:
     """Paired comparison of two runs on the same cases: Wilcoxon signed-rank p-value (scipy), mean of
-    b - a and a 95% bootstrap CI of that mean."""
+    b - a and a 95% bootstrap CI of that mean, its median, and how many cases b scores higher / lower than a
+    (a mean carried by one or two cases shows as a median near 0 and as many cases worse as better)."""
     from scipy.stats import wilcoxon
 
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
@@ -174,8 +175,9 @@ def paired_test(a: list[float], b: list[float], seed: int = 0) -> dict[str, floa
     d = d[ok]
     if d.size == 0:
         return {"n": 0, "p_value": float("nan"), "mean_diff": float("nan"), "ci95_low": float("nan"),
-                "ci95_high": float("nan")}
+                "ci95_high": float("nan"), "median_diff": float("nan"), "better": 0, "worse": 0}
     p = float(wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
     boot = np.random.default_rng(seed).choice(d, size=(2000, d.size)).mean(1)
     return {"n": int(d.size), "p_value": p, "mean_diff": float(d.mean()),
-            "ci95_low": float(np.percentile(boot, 2.5)), "ci95_high": float(np.percentile(boot, 97.5))}
+            "ci95_low": float(np.percentile(boot, 2.5)), "ci95_high": float(np.percentile(boot, 97.5)),
+            "median_diff": float(np.median(d)), "better": int((d > 0).sum()), "worse": int((d < 0).sum())}
