@@ -5,7 +5,7 @@ culprit by its full path, no traceback, and no file or folder written anywhere u
 Cases marked `as_user` need a user whom permissions stop (unreadable input, unwritable output): when the suite
 runs as root (as `make test` does here) their command runs in a subprocess as `nobody` in a world-readable temp
 folder, or, where nobody cannot start this Python (it lives under /root), as root without the capabilities that
-bypass file permissions (as_unprivileged). Add a case here for every bad input found in the wild or by the fuzzer.
+bypass file permissions (as_unprivileged), all in one child process for the module. Add a case here for every bad input found in the wild or by the fuzzer.
 """
 
 from __future__ import annotations
@@ -433,6 +433,8 @@ def _shared_folder():
     folder.chmod(0o755)
     _SHARED["folder"] = folder
     yield
+    if "runner" in _SHARED:
+        _SHARED.pop("runner").close()
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -473,15 +475,18 @@ os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 """
 
 
-def _unprivileged(args: list[str], env: dict) -> subprocess.CompletedProcess:
-    """`python ARGS` as the user nobody where nobody can start this Python, else as root without the
-    capabilities that bypass file permissions (DROP_CAPS)."""
+def _unprivileged_cmd(args: list[str]) -> tuple[list[str], dict]:
+    """How to start `python ARGS` as the user nobody where nobody can start this Python, else as root without
+    the capabilities that bypass file permissions (DROP_CAPS): (command, subprocess keyword arguments)."""
     if _others_can_run_python():
         nobody = pwd.getpwnam("nobody")
-        return subprocess.run([sys.executable, *args], env=env, user=nobody.pw_uid, group=nobody.pw_gid,
-                              extra_groups=[], capture_output=True, text=True, timeout=600)
-    return subprocess.run([sys.executable, "-c", DROP_CAPS, *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+        return [sys.executable, *args], dict(user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[])
+    return [sys.executable, "-c", DROP_CAPS, *args], {}
+
+
+def _unprivileged(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    cmd, kw = _unprivileged_cmd(args)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, **kw)
 
 
 def _unprivileged_env() -> dict:
@@ -496,14 +501,77 @@ def _unprivileged_env() -> dict:
     return env
 
 
+# The unprivileged commands run one after another in one child process (started once for the module: a fresh
+# Python per case spent 7 s a case importing torch and MONAI), each as `main(argv)` with the case's environment
+# on top of the child's, as the in-process cases run. The child checks first that it cannot write a folder closed
+# to it. Each command's file descriptors 1 and 2 go to files, so whatever reaches stderr by any route (Python,
+# logging, C libraries) is what the user would see; requests and answers travel as JSON lines on other pipes.
+SERVER = """
+import json, os, sys, tempfile, traceback
+closed, req_fd, ans_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+assert not os.access(closed, os.W_OK), "still privileged"
+from medseg.app.cli import main
+answers = os.fdopen(ans_fd, "w")
+for line in os.fdopen(req_fd):
+    req = json.loads(line)
+    saved = dict(os.environ)
+    os.environ.update(req["env"])
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile("w+") as err:
+        sys.stdout.flush(); sys.stderr.flush()
+        keep = os.dup(1), os.dup(2)
+        os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
+        try:
+            main(req["argv"])
+            rc = 0
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            rc = 1
+        sys.stdout.flush(); sys.stderr.flush()
+        os.dup2(keep[0], 1); os.dup2(keep[1], 2)
+        os.close(keep[0]); os.close(keep[1])
+        err.seek(0)
+        text = err.read()
+    os.environ.clear(); os.environ.update(saved)
+    answers.write(json.dumps({"rc": rc, "err": text}) + "\\n")
+    answers.flush()
+"""
+
+
+class UnprivilegedRunner:
+    """The child process above, and how to send it one command."""
+
+    def __init__(self):
+        closed = locked(_SHARED["folder"] / "closed")
+        (req_r, self.req), (self.ans, ans_w) = os.pipe(), os.pipe()
+        cmd, kw = _unprivileged_cmd(["-c", SERVER, str(closed), str(req_r), str(ans_w)])
+        self.proc = subprocess.Popen(cmd, env=_unprivileged_env(), pass_fds=(req_r, ans_w), stdin=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, **kw)
+        os.close(req_r), os.close(ans_w)
+        self.requests, self.answers = os.fdopen(self.req, "w"), os.fdopen(self.ans)
+
+    def run(self, argv: list[str], env: dict) -> tuple[int, str]:
+        self.requests.write(json.dumps({"argv": argv, "env": env}) + "\n")
+        self.requests.flush()
+        line = self.answers.readline()
+        assert line, f"the unprivileged child ended: {self.proc.wait(timeout=60)}, {self.proc.stderr.read()[-3000:]}"
+        answer = json.loads(line)
+        return answer["rc"], answer["err"]
+
+    def close(self):
+        self.requests.close()
+        self.proc.wait(timeout=60)
+        self.answers.close()
+        self.proc.stderr.close()
+
+
 def as_unprivileged(argv: list[str], env: dict) -> tuple[int, str]:
-    """`medseg ARGV` in a subprocess that file permissions stop although the suite runs as root: (exit code,
-    stderr). The child checks first that it cannot write a folder closed to it."""
-    closed = locked(_SHARED["folder"] / "closed")
-    code = (f"import os; assert not os.access({str(closed)!r}, os.W_OK), 'still privileged'; "
-            "from medseg.app.cli import main; main()")
-    proc = _unprivileged(["-c", code, *argv], {**_unprivileged_env(), **env})
-    return proc.returncode, proc.stderr
+    """`medseg ARGV` in the module's child process that file permissions stop although the suite runs as root:
+    (exit code, stderr)."""
+    if "runner" not in _SHARED:
+        _SHARED["runner"] = UnprivilegedRunner()
+    return _SHARED["runner"].run(argv, env)
 
 
 def tree(root: Path) -> dict[str, tuple]:

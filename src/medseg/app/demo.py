@@ -50,7 +50,8 @@ def make_synthetic(folder: Path, n: int = 160, size: int = 128, empty_share: flo
     return folder
 
 
-def run_demo(out: Path, n: int = 160, size: int = 128, time_budget_s: float = 150.0, quiet: bool = False) -> dict:
+def run_demo(out: Path, n: int = 160, size: int = 128, time_budget_s: float | None = 150.0, quiet: bool = False,
+             epochs: int | None = None) -> dict:
     from ..evaluation.evaluate import evaluate
     from ..inference.predictor import predict_files
     from ..training.command import Options, train_folder
@@ -62,7 +63,7 @@ def run_demo(out: Path, n: int = 160, size: int = 128, time_budget_s: float = 15
     if (run / "plan.json").is_file():
         shutil.rmtree(run)
     shutil.rmtree(Path(out) / "predictions", ignore_errors=True)
-    train_folder(data, run, time_budget_s=time_budget_s, val_fraction=0.25, image_size=size,
+    train_folder(data, run, time_budget_s=time_budget_s, epochs=epochs, val_fraction=0.25, image_size=size,
                  options=Options(quiet=quiet))
     result = evaluate(run, quiet=quiet)
     val = [data / f"{case}.png" for case in sorted(__import__("json").loads((run / "plan.json").read_text())["split"]["val"])]
