@@ -5,7 +5,8 @@ culprit by its full path, no traceback, and no file or folder written anywhere u
 Cases marked `as_user` need a user whom permissions stop (unreadable input, unwritable output): when the suite
 runs as root (as `make test` does here) their command runs in a subprocess as `nobody` in a world-readable temp
 folder, or, where nobody cannot start this Python (it lives under /root), as root without the capabilities that
-bypass file permissions (as_unprivileged), all in one child process for the module. Add a case here for every bad input found in the wild or by the fuzzer.
+bypass file permissions (as_unprivileged), all in one child process for the module. Add a case here for every
+bad input found in the wild or by the fuzzer.
 """
 
 from __future__ import annotations
