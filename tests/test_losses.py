@@ -110,7 +110,39 @@ def test_default_plan_builds():
     ("focal", {"alpha": 2.0}, "focal alpha"),
     ("tversky", {"alpha": 0, "beta": 0}, "alpha \\+ beta > 0"),
     ("dice", {"smooth_dr": -1e-5}, "smooth_dr must be >= 0"),
+    ("ce+dice", {"presence_weight": 1.0}, "binary losses"),
+    ("bce", {"presence_weight": 1.0, "presence_top": 2.0}, "presence_top must be a share"),
 ])
 def test_bad_loss_requests_are_medseg_errors(name, kwargs, needle):
     with pytest.raises(MedsegError, match=needle):
         build_loss(name, **kwargs)
+
+
+def test_presence_term_is_bce_of_the_top_logits_mean_by_hand():
+    """Two 4x4 images, top share 1/8 (2 pixels): image 0 has foreground, image 1 none. The term is
+    weight x mean over images of BCE(mean of the 2 largest logits, any foreground)."""
+    logits = torch.zeros(2, 1, 4, 4)
+    logits[0, 0, 0, :2] = torch.tensor([3.0, 1.0])      # top 2 of image 0: 3, 1 -> 2.0
+    logits[1, 0, 2, 1:4] = torch.tensor([4.0, 2.0, -1.0])  # top 2 of image 1: 4, 2 -> 3.0
+    target = torch.zeros(2, 1, 4, 4)
+    target[0, 0, 3, 3] = 1.0
+    plain = build_loss("bce", presence_weight=0.0)(logits, target)
+    with_term = build_loss("bce", presence_weight=0.5, presence_top=1 / 8)(logits, target)
+    softplus = lambda z: float(torch.log1p(torch.exp(torch.tensor(z))))  # BCE with logits: y=1 -> sp(-z), y=0 -> sp(z)
+    by_hand = 0.5 * (softplus(-2.0) + softplus(3.0)) / 2
+    assert float(with_term - plain) == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_presence_term_pushes_down_the_false_blob_of_an_empty_image():
+    """On an image without foreground the per-image Dice term barely moves a large confident blob; the
+    presence term gives its pixels a clearly larger gradient."""
+    args = {"batch": False, "smooth_nr": 1.0, "smooth_dr": 1.0}
+    logits = torch.full((1, 1, 32, 32), -6.0)
+    logits[0, 0, 8:24, 8:24] = 6.0  # a confident false blob, a quarter of the image
+    target = torch.zeros(1, 1, 32, 32)
+    grads = []
+    for weight in (0.0, 1.0):
+        x = logits.clone().requires_grad_(True)
+        build_loss("bce+dice", presence_weight=weight, **args)(x, target).backward()
+        grads.append(float(x.grad[0, 0, 8:24, 8:24].sum()))
+    assert grads[0] > 0 and grads[1] > 2 * grads[0]
