@@ -110,39 +110,43 @@ def test_default_plan_builds():
     ("focal", {"alpha": 2.0}, "focal alpha"),
     ("tversky", {"alpha": 0, "beta": 0}, "alpha \\+ beta > 0"),
     ("dice", {"smooth_dr": -1e-5}, "smooth_dr must be >= 0"),
-    ("ce+dice", {"presence_weight": 1.0}, "binary losses"),
-    ("bce", {"presence_weight": 1.0, "presence_top": 2.0}, "presence_top must be a share"),
+    ("ce+dice", {"empty_weight": 1.0}, "binary losses"),
+    ("bce", {"empty_weight": 1.0, "empty_top": 2.0}, "empty_top must be a share"),
 ])
 def test_bad_loss_requests_are_medseg_errors(name, kwargs, needle):
     with pytest.raises(MedsegError, match=needle):
         build_loss(name, **kwargs)
 
 
-def test_presence_term_is_bce_of_the_top_logits_mean_by_hand():
-    """Two 4x4 images, top share 1/8 (2 pixels): image 0 has foreground, image 1 none. The term is
-    weight x mean over images of BCE(mean of the 2 largest logits, any foreground)."""
+def test_empty_penalty_is_softplus_of_the_top_logits_mean_by_hand():
+    """Two 4x4 images, top share 1/8 (2 pixels): image 0 has foreground (adds nothing), image 1 none. The
+    term is weight x mean over the batch of softplus(mean of image 1's 2 largest logits)."""
     logits = torch.zeros(2, 1, 4, 4)
-    logits[0, 0, 0, :2] = torch.tensor([3.0, 1.0])      # top 2 of image 0: 3, 1 -> 2.0
+    logits[0, 0, 0, :2] = torch.tensor([3.0, 1.0])
     logits[1, 0, 2, 1:4] = torch.tensor([4.0, 2.0, -1.0])  # top 2 of image 1: 4, 2 -> 3.0
     target = torch.zeros(2, 1, 4, 4)
     target[0, 0, 3, 3] = 1.0
-    plain = build_loss("bce", presence_weight=0.0)(logits, target)
-    with_term = build_loss("bce", presence_weight=0.5, presence_top=1 / 8)(logits, target)
-    softplus = lambda z: float(torch.log1p(torch.exp(torch.tensor(z))))  # BCE with logits: y=1 -> sp(-z), y=0 -> sp(z)
-    by_hand = 0.5 * (softplus(-2.0) + softplus(3.0)) / 2
+    plain = build_loss("bce", empty_weight=0.0)(logits, target)
+    with_term = build_loss("bce", empty_weight=0.5, empty_top=1 / 8)(logits, target)
+    by_hand = 0.5 * float(torch.log1p(torch.exp(torch.tensor(3.0)))) / 2
     assert float(with_term - plain) == pytest.approx(by_hand, rel=1e-6)
 
 
-def test_presence_term_pushes_down_the_false_blob_of_an_empty_image():
+def test_empty_penalty_pushes_down_the_false_blob_of_an_empty_image_only():
     """On an image without foreground the per-image Dice term barely moves a large confident blob; the
-    presence term gives its pixels a clearly larger gradient."""
+    penalty gives its pixels a clearly larger gradient. An image with foreground gets the same gradient
+    with and without it."""
     args = {"batch": False, "smooth_nr": 1.0, "smooth_dr": 1.0}
-    logits = torch.full((1, 1, 32, 32), -6.0)
-    logits[0, 0, 8:24, 8:24] = 6.0  # a confident false blob, a quarter of the image
-    target = torch.zeros(1, 1, 32, 32)
+    logits = torch.full((2, 1, 32, 32), -6.0)
+    logits[:, 0, 8:24, 8:24] = 6.0  # a confident blob, a quarter of the image: false on image 0, true on 1
+    target = torch.zeros(2, 1, 32, 32)
+    target[1, 0, 8:24, 8:24] = 1.0
     grads = []
     for weight in (0.0, 1.0):
         x = logits.clone().requires_grad_(True)
-        build_loss("bce+dice", presence_weight=weight, **args)(x, target).backward()
-        grads.append(float(x.grad[0, 0, 8:24, 8:24].sum()))
-    assert grads[0] > 0 and grads[1] > 2 * grads[0]
+        build_loss("bce+dice", empty_weight=weight, **args)(x, target).backward()
+        grads.append(x.grad.clone())
+    blob = (slice(None), 0, slice(8, 24), slice(8, 24))
+    assert float(grads[0][0][blob[1:]].sum()) > 0
+    assert float(grads[1][0][blob[1:]].sum()) > 2 * float(grads[0][0][blob[1:]].sum())
+    assert torch.equal(grads[0][1], grads[1][1])

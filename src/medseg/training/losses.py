@@ -3,7 +3,7 @@
 `build_loss(plan["loss"], **plan["loss_args"])`; every binary loss applies the sigmoid itself. "ce+dice" is
 the multi-class loss: B x (K+1) x H x W logits, B x 1 x H x W class indices, softmax inside. Dice-type losses
 pool the whole batch (batch=True) so an empty slice does not give a degenerate per-image Dice of 0 or 1.
-Any binary loss takes `presence_weight` (and `presence_top`) for an image-level term (`Presence`).
+Any binary loss takes `empty_weight` (and `empty_top`) for an image-level penalty on empty images (`EmptyPenalty`).
 """
 
 from __future__ import annotations
@@ -97,14 +97,17 @@ LOSSES: dict[str, str] = {
 }
 
 
-class Presence(nn.Module):
-    """`base` plus an image-level term: BCE between each image's "presence logit" (the mean of its top
-    `top` share of pixel logits, a smooth maximum) and whether its mask has any foreground.
+class EmptyPenalty(nn.Module):
+    """`base` plus a penalty on images whose mask is empty: `weight` x softplus of their "presence logit"
+    (the mean of the top `top` share of their pixel logits, a smooth maximum), i.e. the BCE of that logit
+    against "no foreground", averaged over the batch (images with foreground add 0).
 
     Why by hand: MONAI has no image-level term for a segmentation output. A per-image Dice term gives an
     empty image's false blob almost no gradient once the blob is large (d/dS of 1 - 1/(S + 1) is 1/(S + 1)^2),
     and the pixel BCE weighs it by its share of the image; this term pushes down exactly the most confident
-    pixels of an image without foreground, with a BCE gradient that does not fade while they are wrong.
+    pixels of an image without foreground, with a gradient that does not fade while they are wrong. Only
+    empty images: pushing the top logits of a small lesion's image up would grow its mask into the background
+    (measured, the two-sided version: BUSI fold validation Dice 0.548 against 0.747).
     """
 
     def __init__(self, base: nn.Module, weight: float, top: float):
@@ -115,24 +118,23 @@ class Presence(nn.Module):
         flat = logits.flatten(1)
         k = max(1, int(round(self.top * flat.shape[1])))
         presence = flat.topk(k, dim=1).values.mean(1)
-        present = (target.flatten(1) > 0.5).any(1).to(presence.dtype)
-        image = nn.functional.binary_cross_entropy_with_logits(presence, present)
-        return self.base(logits, target) + self.weight * image
+        empty = (target.flatten(1) <= 0.5).all(1).to(presence.dtype)
+        return self.base(logits, target) + self.weight * (empty * nn.functional.softplus(presence)).mean()
 
 
-def build_loss(name: str, presence_weight: float = 0.0, presence_top: float = 0.01, **kwargs) -> nn.Module:
-    """`presence_weight` > 0 adds the image-level term of `Presence` to a binary loss."""
+def build_loss(name: str, empty_weight: float = 0.0, empty_top: float = 0.01, **kwargs) -> nn.Module:
+    """`empty_weight` > 0 adds the image-level penalty of `EmptyPenalty` to a binary loss."""
     if name not in _BUILDERS:
         raise MedsegError(None, f"unknown loss {name!r}; known: {', '.join(sorted(_BUILDERS))}")
     try:
         loss = _BUILDERS[name](**kwargs)
     except TypeError as e:  # an unknown keyword in loss_args
         raise MedsegError(None, f"loss {name!r}: bad loss_args {kwargs}: {e}") from None
-    if not _positive("presence_weight", presence_weight, True):
+    if not _positive("empty_weight", empty_weight, True):
         return loss
     if name == "ce+dice":
-        raise MedsegError(None, "presence_weight applies to binary losses, not to the multi-class ce+dice")
-    top = _positive("presence_top", presence_top)
+        raise MedsegError(None, "empty_weight applies to binary losses, not to the multi-class ce+dice")
+    top = _positive("empty_top", empty_top)
     if top > 1:
-        raise MedsegError(None, f"loss argument presence_top must be a share in (0, 1], got {presence_top!r}")
-    return Presence(loss, float(presence_weight), top)
+        raise MedsegError(None, f"loss argument empty_top must be a share in (0, 1], got {empty_top!r}")
+    return EmptyPenalty(loss, float(empty_weight), top)
