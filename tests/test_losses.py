@@ -150,3 +150,10 @@ def test_empty_penalty_pushes_down_the_false_blob_of_an_empty_image_only():
     assert float(grads[0][0][blob[1:]].sum()) > 0
     assert float(grads[1][0][blob[1:]].sum()) > 2 * float(grads[0][0][blob[1:]].sum())
     assert torch.equal(grads[0][1], grads[1][1])
+
+
+def test_presets_lists_every_loss_and_its_arguments(capsys):
+    from conftest import run_cli
+    assert run_cli("presets") == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert all(name in out for name in LOSSES) and "empty_weight" in out and "pos_weight" in out

@@ -180,6 +180,13 @@ def presets(show: Optional[str] = typer.Option(None, "--show", help="Print one p
     for name, p in known.items():
         t.add_row(name, p["description"], ", ".join(f"{k}={v}" for k, v in p["settings"].items()))
     Console().print(t)
+    from ..training.losses import LOSSES
+    losses = Table(title="losses (`--set loss=NAME`, `--set 'loss_args={...}'` with the arguments in brackets)")
+    for col in ("loss", "what it is"):
+        losses.add_column(col)
+    for name, what in LOSSES.items():
+        losses.add_row(name, what)
+    Console().print(losses)
 
 
 @app.command()

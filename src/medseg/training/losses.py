@@ -87,8 +87,9 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
 }
 # One line each for `medseg presets`; loss_args are the keyword arguments named in brackets.
 LOSSES: dict[str, str] = {
-    "bce+dice": "BCE + soft Dice, MONAI DiceCELoss (pos_weight, lambda_dice, lambda_bce, smooth_nr, smooth_dr; "
-                "like every binary loss also empty_weight, empty_top: a penalty on the top logits of empty images)",
+    "bce+dice": "BCE + soft Dice, MONAI DiceCELoss (pos_weight, lambda_dice, lambda_bce, smooth_nr, smooth_dr, "
+                "batch; like every binary loss also empty_weight, empty_top: a penalty on the top logits of "
+                "images without foreground)",
     "dice": "soft Dice over the batch (smooth_nr, smooth_dr, batch)",
     "bce": "binary cross-entropy on logits (pos_weight)",
     "focal": "sigmoid focal loss (gamma, alpha: the positive class's weight in [0, 1])",
