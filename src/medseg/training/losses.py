@@ -109,7 +109,9 @@ class EmptyPenalty(nn.Module):
     and the pixel BCE weighs it by its share of the image; this term pushes down exactly the most confident
     pixels of an image without foreground, with a gradient that does not fade while they are wrong. Only
     empty images: pushing the top logits of a small lesion's image up would grow its mask into the background
-    (measured, the two-sided version: BUSI fold validation Dice 0.548 against 0.747).
+    (measured, the two-sided version: BUSI fold validation Dice 0.548 against 0.747). Off by default: on BUSI
+    (pooled 5-fold, 30 min) weight 0.2 gave 9 of 24 normal images a false mask against 11, and lesion Dice
+    0.654 against 0.675; weight 1 made the models predict nothing for their first 30-40 epochs (README).
     """
 
     def __init__(self, base: nn.Module, weight: float, top: float):
