@@ -179,9 +179,11 @@ def test_early_stopping_when_dice_cannot_improve(tmp_path, lgg, monkeypatch):
     assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 3
 
 
-def test_saved_weights_are_the_moving_average_of_the_live_weights(tmp_path, lgg, monkeypatch):
+@pytest.mark.parametrize("buffers", [False, True])
+def test_saved_weights_are_the_moving_average_of_the_live_weights(tmp_path, lgg, monkeypatch, buffers):
     """model.safetensors (what predict uses) and validation get the EMA of the live weights over the steps,
-    with TensorFlow's warm-up min(decay, (1 + n) / (10 + n)) and buffers copied; state.safetensors the live ones."""
+    with TensorFlow's warm-up min(decay, (1 + n) / (10 + n)); state.safetensors the live ones. BatchNorm's
+    running mean/var: copied from the live model, or (ema_buffers) the same average; its counter: copied."""
     live, validated, real_validate = [], [], loop_mod.validate
 
     def record(event, info):
@@ -194,9 +196,12 @@ def test_saved_weights_are_the_moving_average_of_the_live_weights(tmp_path, lgg,
 
     monkeypatch.setattr(loop_mod, "validate", spy)
     run = tmp_path / "run"
-    train(lgg, run, epochs=2, settings={**TINY, "ema_decay": 0.7}, callback=record, **KW)  # the cap from n = 20
+    train(lgg, run, epochs=2, settings={**TINY, "ema_decay": 0.7, "ema_buffers": buffers}, callback=record,
+          **KW)  # the cap from n = 20
     module, final = live[-1]
-    params = {k for k, _ in module.named_parameters()}
+    params = {k for k, v in module.state_dict().items()
+              if k in dict(module.named_parameters()) or (buffers and v.is_floating_point())}
+    assert not buffers or any(k.endswith("running_var") for k in params)
     ema = {k: live[0][1][k].double() for k in params}
     for n, (_, w) in enumerate(live[1:], start=1):
         d = min(0.7, (1 + n) / (10 + n))
@@ -207,7 +212,7 @@ def test_saved_weights_are_the_moving_average_of_the_live_weights(tmp_path, lgg,
         if k in params:
             assert torch.allclose(saved[k].double(), ema[k], rtol=1e-5, atol=1e-6), k
         else:
-            assert torch.equal(saved[k], final[k]), k  # BatchNorm statistics: copied from the live model
+            assert torch.equal(saved[k], final[k]), k  # copied from the live model (the counter at least)
     assert sum(not torch.allclose(saved[k], final[k], rtol=1e-4, atol=1e-5) for k in params) > len(params) // 2
     tensors, state, _ = load_training_state(run / "last")
     assert state["ema_updates"] == 32 and all(torch.equal(tensors[f"raw.{k}"], v) for k, v in final.items())

@@ -97,6 +97,8 @@ class Plan:
                                            "on a relative scale) | none", choices=INTENSITY_NORMS)
     ema_decay: float | None = _setting(0.999, "exponential moving average of the weights per step, validated, "
                                               "saved and used for predict (null: off)", 0, 1, closed=False)
+    ema_buffers: bool = _setting(False, "BatchNorm running mean/var of the averaged weights: their own moving "
+                                        "average (true) or the live model's (false)")
     select_window: int = _setting(5, "best checkpoint: the epoch ending the best running mean of this many "
                                      "validation Dice values (1: the single best epoch)", 1)
 

@@ -3,8 +3,11 @@
 The averaged copy is what validation scores and what a checkpoint's model.safetensors holds (so predict,
 evaluate and serve use it); the live weights travel in state.safetensors as "raw.*" (training.loop.snapshot).
 Built on torch.optim.swa_utils.AveragedModel: its first update copies the live weights, later ones call
-torch's EMA function (get_ema_multi_avg_fn) with the decay of the moment. BatchNorm buffers (running
-mean/var) are not averaged: each update copies them from the live model (AveragedModel's use_buffers=False).
+torch's EMA function (get_ema_multi_avg_fn) with the decay of the moment. BatchNorm buffers: by default each
+update copies them from the live model (AveragedModel's use_buffers=buffers), so the averaged weights are validated
+with the live weights' running mean/var. With `buffers` (plan setting ema_buffers) the floating buffers follow
+the same average as the weights (use_buffers=True, as timm's ModelEmaV2 does) and the integer ones
+(num_batches_tracked) are copied: torch's EMA function lerps, which integer tensors cannot.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ class Ema:
     first update, a copy, counts): TensorFlow's num_updates rule (tf.train.ExponentialMovingAverage), so a
     short run is not dominated by its first weights."""
 
-    def __init__(self, module: torch.nn.Module, decay: float):
+    def __init__(self, module: torch.nn.Module, decay: float, buffers: bool = False):
         self.decay = float(decay)
-        self.averaged = AveragedModel(module, multi_avg_fn=self._average, use_buffers=False)
+        self.averaged = AveragedModel(module, multi_avg_fn=self._average, use_buffers=buffers)
         self.averaged.requires_grad_(False)
 
     @property
@@ -37,6 +40,10 @@ class Ema:
         return min(self.decay, (1 + n) / (10 + n))
 
     def _average(self, ema_params, live_params, n_averaged) -> None:
+        # AveragedModel calls this once per (device, dtype) group; integer buffers are counters: copied
+        if not ema_params[0].is_floating_point():
+            torch._foreach_copy_(ema_params, live_params)
+            return
         # get_ema_multi_avg_fn fixes its decay when built; the warm-up needs one per update
         get_ema_multi_avg_fn(self.decay_now())(ema_params, live_params, n_averaged)
 

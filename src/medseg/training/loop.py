@@ -121,7 +121,7 @@ class Loop:
         self.three_d = SPATIAL_DIMS.get(plan.model, 2) == 3
         self.fmt = torch.contiguous_format if self.three_d else torch.channels_last  # channels_last: 4D only
         self.module = module.to(device=self.device, memory_format=self.fmt)
-        self.ema = Ema(self.module, plan.ema_decay) if plan.ema_decay is not None else None
+        self.ema = Ema(self.module, plan.ema_decay, plan.ema_buffers) if plan.ema_decay is not None else None
         if d.rank:  # ranks share the initial weights (DDP also broadcasts them) but not their dropout draws
             torch.manual_seed(seed + 7919 * d.rank)
         self.rng = np.random.default_rng(seed)  # the same on every rank: all draw one epoch, then take a share
