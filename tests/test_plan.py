@@ -77,6 +77,8 @@ def test_plan_versions_and_keys(tmp_path):
     # ... except what changed since: a version-1 run keeps the behaviour it was trained with
     assert plan.intensity_norm == "none" and plan.ema_decay is None and plan.select_window == 1
     assert Plan().intensity_norm == "case"  # (new plans scale each case)
+    assert not plan.ema_buffers and not Plan.from_dict({"version": 3}).ema_buffers  # live BN statistics then
+    assert Plan().ema_buffers and Plan.from_dict({"version": 4}).ema_buffers
     assert Plan.from_dict(plan.to_dict()) == plan
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({**v1, "version": PLAN_VERSION + 1}))

@@ -17,8 +17,9 @@ Versions: plans without a "version" key were written by medseg up to 31ad044 (ve
 behaviour of that time (no per-case intensity scaling, no weight averaging, the single best epoch), so their
 checkpoints predict the same masks. Version 2 added those three settings; version 3 `init_seed` and the
 "robust" augmentation default (a version-2 plan names its augmentation, so it keeps it), and `classes` for
-multi-class runs (a plan without them, every version-1/2 plan among them, is binary). A plan newer than
-this medseg stops with one line.
+multi-class runs (a plan without them, every version-1/2 plan among them, is binary); version 4
+`ema_buffers` on (an older plan keeps the live model's BatchNorm statistics in its averaged weights, as it was
+trained, so a resumed run goes on as it began). A plan newer than this medseg stops with one line.
 
 Classes: a binary run (BUSI, LGG, one --target) has `classes == []`, one sigmoid output and masks of 0/1. A
 multi-class run lists its foreground classes in order, each {"name", "value", ...}: class k (1-based) is
@@ -36,7 +37,7 @@ from pathlib import Path
 
 from ..errors import MedsegError
 
-PLAN_VERSION = 3
+PLAN_VERSION = 4
 SAMPLINGS = ("lesion", "area", "uniform")  # the implementations: data.sampling.SAMPLING
 PRECISIONS = ("auto", "fp32", "bf16")
 INTENSITY_NORMS = ("case", "none")
@@ -97,8 +98,9 @@ class Plan:
                                            "on a relative scale) | none", choices=INTENSITY_NORMS)
     ema_decay: float | None = _setting(0.999, "exponential moving average of the weights per step, validated, "
                                               "saved and used for predict (null: off)", 0, 1, closed=False)
-    ema_buffers: bool = _setting(False, "BatchNorm running mean/var of the averaged weights: their own moving "
-                                        "average (true) or the live model's (false)")
+    # measured (pooled 5-fold, side by side): LGG +0.020 (20 of 30 patients better), BUSI +0.003 (62 of 110)
+    ema_buffers: bool = _setting(True, "BatchNorm running mean/var of the averaged weights: their own moving "
+                                       "average (true) or the live model's (false, medseg <= plan version 3)")
     select_window: int = _setting(5, "best checkpoint: the epoch ending the best running mean of this many "
                                      "validation Dice values (1: the single best epoch)", 1)
 
@@ -149,7 +151,7 @@ class Plan:
     # ------------------------------------------------------------------------------------------------ I/O
     @classmethod
     def from_dict(cls, d: dict, source: str | Path | None = None) -> "Plan":
-        """A plan (or checkpoint config) as JSON-read: version 1 (no "version", medseg <= 31ad044) to 3."""
+        """A plan (or checkpoint config) as JSON-read: version 1 (no "version", medseg <= 31ad044) to 4."""
         if not isinstance(d, dict):
             raise MedsegError(source, "not a medseg plan (expected a JSON object)")
         version = d.get("version", 1)
@@ -163,6 +165,8 @@ class Plan:
             d = {"intensity_norm": "none", "ema_decay": None, "select_window": 1, **d}
         if version <= 2:  # the augmentation default of that time, for a plan that left it out
             d = {"augmentation": "default", **d}
+        if version <= 3:  # the averaged weights were validated with the live model's BatchNorm statistics
+            d = {"ema_buffers": False, **d}
         return cls(**{**d, "version": PLAN_VERSION})
 
     @classmethod
