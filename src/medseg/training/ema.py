@@ -3,11 +3,12 @@
 The averaged copy is what validation scores and what a checkpoint's model.safetensors holds (so predict,
 evaluate and serve use it); the live weights travel in state.safetensors as "raw.*" (training.loop.snapshot).
 Built on torch.optim.swa_utils.AveragedModel: its first update copies the live weights, later ones call
-torch's EMA function (get_ema_multi_avg_fn) with the decay of the moment. BatchNorm buffers: by default each
-update copies them from the live model (AveragedModel's use_buffers=buffers), so the averaged weights are validated
-with the live weights' running mean/var. With `buffers` (plan setting ema_buffers) the floating buffers follow
-the same average as the weights (use_buffers=True, as timm's ModelEmaV2 does) and the integer ones
-(num_batches_tracked) are copied: torch's EMA function lerps, which integer tensors cannot.
+torch's EMA function (get_ema_multi_avg_fn) with the decay of the moment. BatchNorm buffers: with `buffers`
+(plan setting ema_buffers, on for plans of version 4) the floating ones (running mean/var) follow the same
+average as the weights (AveragedModel's use_buffers=True, as timm's ModelEmaV2 does) and the integer one
+(num_batches_tracked) is copied, since torch's EMA function lerps, which integer tensors cannot. Without it
+each update copies them from the live model (use_buffers=False): the averaged weights are then validated with
+the live weights' running mean/var, as plans of version <= 3 were trained.
 """
 
 from __future__ import annotations
