@@ -150,8 +150,9 @@ def _strong() -> list:
 def _wide() -> list:
     """Wider, nnU-Net-like ranges: the robust set's intensities with rotation +-25 deg, scale 0.7-1.3, blur
     and a simulated lower resolution, left-right flip only. Not the default: in pooled 5-fold runs against
-    "robust" (same budget, side by side) it cost LGG 0.013-0.019 Dice and did not help BUSI significantly
-    (+0.015, paired 95% CI -0.021 to +0.054; docs/results.md)."""
+    "robust" (same budget, side by side) it cost LGG 0.013-0.019 Dice; on BUSI it raised the lesion Dice in
+    three pairs (+0.015, +0.015, +0.036) and gave more normal images a false mask (28 of 72 against 21):
+    a trade, not a gain (docs/results.md, "Wider augmentation")."""
     return [_flip(1), _affine(0.8, 25, 0.3),
             mt.RandSimulateLowResolutiond(keys=IMAGE, prob=0.25, zoom_range=(0.5, 1.0), upsample_mode="bilinear"),
             mt.RandGaussianSmoothd(keys=IMAGE, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), prob=0.2),
