@@ -79,6 +79,9 @@ def test_plan_versions_and_keys(tmp_path):
     assert Plan().intensity_norm == "case"  # (new plans scale each case)
     assert not plan.ema_buffers and not Plan.from_dict({"version": 3}).ema_buffers  # live BN statistics then
     assert Plan().ema_buffers and Plan.from_dict({"version": 4}).ema_buffers
+    # `best`: the final weights since version 5; the end of the best select_window-epoch window before
+    assert Plan().select == "last" and Plan.from_dict({"version": 5}).select == "last"
+    assert plan.select == Plan.from_dict({"version": 4}).select == "window"
     assert Plan.from_dict(plan.to_dict()) == plan
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({**v1, "version": PLAN_VERSION + 1}))
@@ -88,6 +91,8 @@ def test_plan_versions_and_keys(tmp_path):
         Plan.from_dict({**v1, "colour": "red"}, path)
     with pytest.raises(MedsegError, match="setting lr must be > 0"):
         plan.replace(lr=0).validate()
+    with pytest.raises(MedsegError, match="select must be one of last, window, got 'best'"):
+        plan.replace(select="best").validate()
     with pytest.raises(MedsegError, match="unknown sampling 'often'"):
         plan.replace(sampling="often").validate()
 

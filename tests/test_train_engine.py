@@ -138,7 +138,7 @@ def test_ctrl_c_saves_last_and_exits_130(tmp_path, lgg):
 def test_time_budget_stops_keeps_best_and_counts_time_spent_on_resume(tmp_path, lgg):
     run = tmp_path / "run"
     t0 = time.perf_counter()
-    s = train(lgg, run, time_budget_s=8, settings=TINY, **KW)
+    s = train(lgg, run, time_budget_s=8, settings={**TINY, "select": "window"}, **KW)
     wall = time.perf_counter() - t0
     assert s["stopped"] == "time budget" and 8.0 <= s["seconds"] < 11.0 and wall < 20, (s, wall)
     log = (run / "log.csv").read_text().splitlines()[1:]
@@ -239,20 +239,24 @@ def test_without_ema_the_live_weights_are_saved_as_before(tmp_path, lgg):
     assert_same_weights(tmp_path / "a", tmp_path / "b")
 
 
-@pytest.mark.parametrize("window, best_epoch, bad_epochs", [(3, 9, 1), (1, 4, 6)])
-def test_best_is_the_best_running_mean_not_a_one_epoch_peak(tmp_path, lgg, monkeypatch, window, best_epoch,
+@pytest.mark.parametrize("select, window, best_epoch, bad_epochs", [("window", 3, 9, 1), ("window", 1, 4, 6),
+                                                                    ("last", 3, 10, 1)])
+def test_best_is_the_best_running_mean_not_a_one_epoch_peak(tmp_path, lgg, monkeypatch, select, window, best_epoch,
                                                             bad_epochs):
-    """Validation Dice 0.3 0.3 0.3 [0.9] 0.3 0.3 0.6 0.6 0.6 0.3: with select_window 3 the running means are
-    .3 .3 .3 .5 .5 .5 .4 .5 .6 .5, so `best` is epoch 9 (its own Dice 0.6), not the peak of epoch 4 (which
-    window 1 picks); the bad-epoch count of early stopping follows the same rule."""
+    """Validation Dice 0.3 0.3 0.3 [0.9] 0.3 0.3 0.6 0.6 0.6 0.3: with select "window" and select_window 3 the
+    running means are .3 .3 .3 .5 .5 .5 .4 .5 .6 .5, so `best` is epoch 9 (its own Dice 0.6), not the peak of
+    epoch 4 (which window 1 picks); the bad-epoch count of early stopping follows the same rule. With select
+    "last" (the default) `best` holds the final weights whatever the Dice, and the count is the same."""
     scores = iter([0.3, 0.3, 0.3, 0.9, 0.3, 0.3, 0.6, 0.6, 0.6, 0.3])
     monkeypatch.setattr(loop_mod, "validate", lambda *a, **k: next(scores))
     run = tmp_path / "run"
-    s = train(lgg, run, epochs=10, settings={**TINY, "select_window": window}, **KW)
+    s = train(lgg, run, epochs=10, settings={**TINY, "select": select, "select_window": window}, **KW)
     best = json.loads((run / "best" / "config.json").read_text())
     assert (s["best_epoch"], best["epoch"]) == (best_epoch, best_epoch)
-    assert s["best_val_dice"] == best["val_dice"] == (0.6 if window == 3 else 0.9)
+    assert s["best_val_dice"] == best["val_dice"] == {9: 0.6, 4: 0.9, 10: 0.3}[best_epoch]
     assert load_training_state(run / "last")[1]["bad_epochs"] == bad_epochs
+    wb, wl = weights(run, "best"), weights(run, "last")
+    assert (all(torch.equal(wb[k], wl[k]) for k in wl)) == (select == "last")
 
 
 @pytest.mark.parametrize("settings", [

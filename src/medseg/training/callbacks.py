@@ -129,8 +129,9 @@ class ConsoleStatus(Callback):
         self.bar.update(self.task, completed=info["progress"])
 
     def on_epoch_end(self, loop, row):
-        status = (f"epoch {row['epoch']}  loss {row['train_loss']:.3f}  val Dice {row['val_dice']:.3f}  "
-                  f"best {loop.state.best:.3f}")
+        status = f"epoch {row['epoch']}  loss {row['train_loss']:.3f}  val Dice {row['val_dice']:.3f}"
+        if loop.plan.select == "window":  # with "last" the kept weights are this epoch's
+            status += f"  best {loop.state.best:.3f}"
         self.bar.update(self.task, completed=loop.progress(0), status=status)
         if not self.quiet and not console.is_terminal:  # a log file gets no live bar: one line an epoch
             console.print(f"{status}  ({loop.elapsed():.0f} s)", soft_wrap=True)
@@ -197,8 +198,8 @@ def print_summary(s: dict, unit: str) -> None:
     t.add_column(style="bold")
     t.add_column()
     rows = [("epochs", str(s["epochs"])), ("stopped by", str(s["stopped"])), ("time", f"{s['seconds']:.0f} s"),
-            ("best epoch", str(s["best_epoch"])),
-            (f"best val Dice (per {unit}, training size)", f"{s['best_val_dice']:.3f}"),
+            ("epoch kept as best", str(s["best_epoch"])),  # the last one unless the plan's select is "window"
+            (f"its val Dice (per {unit}, training size)", f"{s['best_val_dice']:.3f}"),
             ("last val Dice", f"{s['last_val_dice']:.3f}"),
             ("samples/s", f"{s['samples_per_s']:.1f} ({s['data_wait_share']:.0%} of it waiting for data)"),
             ("checkpoints", f"{s['best']}  {s['last']}"), ("log", f"{s['run']}/log.csv, TensorBoard: {s['run']}/tb")]

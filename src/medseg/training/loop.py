@@ -3,8 +3,8 @@
 The learning rate follows the plan's schedule (optim.py) over the *fraction of the run done*, so a 5-minute and a
 2-hour run both end fully annealed. With `ema_decay` an exponential moving average of the weights follows the
 steps (training.ema): it is what is validated and saved as model.safetensors. After each epoch the validation
-patients are scored (training.validation); `best` is the epoch ending the best running mean of the last
-`select_window` validation Dice values. The callbacks then log, checkpoint and decide about early stopping. Every
+patients are scored (training.validation); `best` holds the final weights (select "last", the default) or the
+epoch ending the best running mean of the last `select_window` validation Dice values ("window"). The callbacks then log, checkpoint and decide about early stopping. Every
 random state is part of the checkpoint (training.rng, training.state), so a resumed run continues exactly.
 Under DDP each rank takes a disjoint share of every epoch's draws, rank 0 alone writes files, and every stop
 decision is rank 0's.
@@ -54,7 +54,7 @@ class LoopState:
     bad_epochs: int = 0
     elapsed0: float = 0.0  # seconds spent before this process started (a resumed run)
     log: list = field(default_factory=list)
-    best_score: float = -1.0  # the selected epoch's running mean of select_window validation Dice values
+    best_score: float = -1.0  # the best running mean of select_window validation Dice values so far
 
 
 class SliceFeed:
@@ -329,16 +329,17 @@ class Loop:
             cb.on_epoch_end(self, row)
 
     def _select(self, val_dice: float) -> None:
-        """`improved` (write `best`; the bad-epoch count restarts) when the mean of the last select_window
-        validation Dice values (fewer in the first epochs) beats the best such mean so far, so a one-epoch
-        peak alone does not win; with select_window 1 the single best epoch, as before."""
+        """The selection score is the mean of the last select_window validation Dice values (fewer in the first
+        epochs), so a one-epoch peak alone does not win; the bad-epoch count (early stopping) restarts when it
+        beats the best so far. `improved` (write `best`): with select "window" when it does, with "last" every
+        epoch (the final weights are the ones kept)."""
         s = self.state
         score = float(np.mean([r["val_dice"] for r in s.log[-int(self.plan.select_window):]]))
-        self.improved = not self.feed.va.items or score > s.best_score
+        better = not self.feed.va.items or score > s.best_score
+        s.best_score, s.bad_epochs = (score, 0) if better else (s.best_score, s.bad_epochs + 1)
+        self.improved = better or self.plan.select == "last"
         if self.improved:
-            s.best, s.best_score, s.best_epoch, s.bad_epochs = val_dice, score, s.epoch, 0
-        else:
-            s.bad_epochs += 1
+            s.best, s.best_epoch = val_dice, s.epoch
 
     def summary(self) -> dict:
         s, run = self.state, self.run
