@@ -172,10 +172,12 @@ def test_lock_blocks_a_second_training_and_stale_lock_is_taken_over(tmp_path, lg
     assert "use --resume" in capsys.readouterr().err
 
 
-def test_early_stopping_when_dice_cannot_improve(tmp_path, lgg, monkeypatch):
+@pytest.mark.parametrize("select, kept", [("last", 2), ("window", 1)])
+def test_early_stopping_when_dice_cannot_improve(tmp_path, lgg, monkeypatch, select, kept):
+    """patience counts epochs without a better select_window mean whichever weights `best` keeps."""
     monkeypatch.setattr(loop_mod, "validate", lambda *a, **k: 0.5)
-    s = train(lgg, tmp_path / "run", epochs=10, settings={**TINY, "patience": 1}, **KW)
-    assert s["epochs"] == 2 and s["stopped"].startswith("early stop") and s["best_epoch"] == 1
+    s = train(lgg, tmp_path / "run", epochs=10, settings={**TINY, "patience": 1, "select": select}, **KW)
+    assert s["epochs"] == 2 and s["stopped"].startswith("early stop") and s["best_epoch"] == kept
     assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 3
 
 
