@@ -4,8 +4,9 @@ The learning rate follows the plan's schedule (optim.py) over the *fraction of t
 2-hour run both end fully annealed. With `ema_decay` an exponential moving average of the weights follows the
 steps (training.ema): it is what is validated and saved as model.safetensors. After each epoch the validation
 patients are scored (training.validation); `best` holds the final weights (select "last", the default) or the
-epoch ending the best running mean of the last `select_window` validation Dice values ("window"). The callbacks then log, checkpoint and decide about early stopping. Every
-random state is part of the checkpoint (training.rng, training.state), so a resumed run continues exactly.
+epoch ending the best running mean of the last `select_window` validation Dice values ("window"). The callbacks
+then log, checkpoint and decide about early stopping. Every random state is part of the checkpoint
+(training.rng, training.state), so a resumed run continues exactly.
 Under DDP each rank takes a disjoint share of every epoch's draws, rank 0 alone writes files, and every stop
 decision is rank 0's.
 """
