@@ -135,12 +135,28 @@ def test_ctrl_c_saves_last_and_exits_130(tmp_path, lgg):
     assert len((run / "log.csv").read_text().splitlines()) == target + 1
 
 
-def test_time_budget_stops_keeps_best_and_counts_time_spent_on_resume(tmp_path, lgg):
+def test_time_budget_stops_keeps_best_and_counts_time_spent_on_resume(tmp_path, lgg, monkeypatch):
+    """The loop's clock is replaced by one that moves STEP seconds in each optimizer step (as the step's batch is
+    normalised): no wall-clock race. The budget ends the run with the step that reaches it, and a resumed run
+    spends only what is left."""
+    STEP, clock, steps = 0.3, {"now": 0.0}, []  # 8 s end no epoch exactly: 16 steps each
+    real_normalize = loop_mod.normalize
+
+    def normalize(*a, **k):
+        clock["now"] += STEP
+        return real_normalize(*a, **k)
+
+    monkeypatch.setattr(loop_mod, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock["now"])}))
+    monkeypatch.setattr(loop_mod, "normalize", normalize)
+
+    def tick(event, info):
+        if event == "step":
+            steps.append(info["step"])
+
     run = tmp_path / "run"
-    t0 = time.perf_counter()
-    s = train(lgg, run, time_budget_s=8, settings={**TINY, "select": "window"}, **KW)
-    wall = time.perf_counter() - t0
-    assert s["stopped"] == "time budget" and 8.0 <= s["seconds"] < 11.0 and wall < 20, (s, wall)
+    s = train(lgg, run, time_budget_s=8, epochs=50, settings={**TINY, "select": "window"}, callback=tick, **KW)
+    assert s["stopped"] == "time budget" and len(steps) == math.ceil(8.0 / STEP) and s["epochs"] == 2, (steps, s)
+    assert s["seconds"] == round(len(steps) * STEP, 1)
     log = (run / "log.csv").read_text().splitlines()[1:]
     dice = [float(r.split(",")[4]) for r in log]
     best = json.loads((run / "best" / "config.json").read_text())
@@ -148,10 +164,10 @@ def test_time_budget_stops_keeps_best_and_counts_time_spent_on_resume(tmp_path, 
     means = [float(np.mean(dice[max(0, i + 1 - w):i + 1])) for i in range(len(dice))]
     e = means.index(max(means))
     assert best["val_dice"] == dice[e] == s["best_val_dice"] and best["epoch"] == e + 1 == s["best_epoch"]
-    t0 = time.perf_counter()
-    s2 = train(resume=run, time_budget_s=10, quiet=True)  # 8 s already spent: about 2 s more
-    assert s2["stopped"] == "time budget" and 10.0 <= s2["seconds"] < 13.0 and time.perf_counter() - t0 < 9
-    assert s2["epochs"] > s["epochs"]
+    steps.clear()
+    s2 = train(resume=run, time_budget_s=10, quiet=True, callback=tick)  # 8 s already spent: 2 s more
+    assert s2["stopped"] == "time budget" and len(steps) == math.ceil((10.0 - s["seconds"]) / STEP), (steps, s2)
+    assert s2["epochs"] == s["epochs"] + 1 and s2["seconds"] == round(s["seconds"] + len(steps) * STEP, 1)
 
 
 def test_lock_blocks_a_second_training_and_stale_lock_is_taken_over(tmp_path, lgg, capsys):
