@@ -144,7 +144,7 @@ class Predictor:
         """Slices in order (an iterable of C x H x W arrays, n of them) -> n x H x W float16 probabilities,
         in batches, so only one batch of float32 images exists at a time. 2.5D runs get each slice with
         its neighbours as channels, as in training; a 3D model gets the whole stack, by sliding window."""
-        if self.plan.intensity_norm == "case":  # the statistics span the whole stack: read it first
+        if self.plan.intensity_norm != "none":  # the statistics span the whole stack: read it first
             slices = self.scale_case(list(slices))
         if self.three_d:
             return self._volume_3d(slices, n, bar, task)

@@ -41,7 +41,7 @@ from ..errors import MedsegError
 PLAN_VERSION = 5
 SAMPLINGS = ("lesion", "area", "uniform")  # the implementations: data.sampling.SAMPLING
 PRECISIONS = ("auto", "fp32", "bf16")
-INTENSITY_NORMS = ("case", "none")
+INTENSITY_NORMS = ("case", "median", "none")
 SELECTIONS = ("last", "window")
 DEFAULT_PATCH = (32, 64, 64)
 MULTICLASS_LOSSES = ("ce+dice",)  # softmax losses (training.losses)
@@ -96,8 +96,8 @@ class Plan:
     patch_size: list | None = _setting(None, "3D models: training patch D x H x W (null: 32 x 64 x 64)")
     # MRI and ultrasound have no absolute intensity scale: each case (a 2D image, or a patient's whole slice
     # stack) is scaled by its own statistics before anything else (data.normalise). CT keeps its HU window.
-    intensity_norm: str = _setting("case", "case (each case by its own intensity statistics, for images read "
-                                           "on a relative scale) | none", choices=INTENSITY_NORMS)
+    intensity_norm: str = _setting("case", "case (each case by the 99th percentile of its body pixels, for images "
+                                           "read on a relative scale) | median (by their median) | none", choices=INTENSITY_NORMS)
     ema_decay: float | None = _setting(0.999, "exponential moving average of the weights per step, validated, "
                                               "saved and used for predict (null: off)", 0, 1, closed=False)
     # measured (pooled 5-fold, side by side): LGG +0.020 (20 of 30 patients better), BUSI +0.003 (62 of 110)
