@@ -412,7 +412,7 @@ def _spread_problems(spread: dict | None, s: _Scan) -> None:
                 f"{name}: the 99th percentile of each case's body pixels spans {r['min']:.3f}..{r['max']:.3f} "
                 f"([0, 1] values, {r['cases']} cases): p90/p10 ratio {r['ratio_90_10']:.2f}, max/min "
                 f"{r['ratio_max_min']:.2f}. medseg scales each case by its own statistics (plan setting "
-                "intensity_norm=case, the default for such data); a model trained with intensity_norm=none "
+                "intensity_norm=case or median, the default for such data); a model trained with intensity_norm=none "
                 "would be sensitive to this spread"))
 
 
