@@ -43,7 +43,8 @@ def test_fixed_seed_binary_run_gives_the_recorded_weights(tmp_path):
         pytest.skip(f"hash recorded for torch {sorted(RECORDED)}, not {version}")
     data = write_lgg_replica(tmp_path / "data" / "kaggle_3m")
     # channel_fill off: LGG runs train with FLAIR copies since 71c325a, after the hash was recorded; ema_buffers
-    # off: the averaged weights' BatchNorm statistics are averaged too since plan version 4
-    train(data, tmp_path / "run", epochs=2, seed=0, settings={**TINY, "channel_fill": None, "ema_buffers": False},
-          threads=1, **KW)
+    # off: the averaged weights' BatchNorm statistics are averaged too since plan version 4; intensity_norm case:
+    # LGG cases are scaled by their median by default since 2026-12-02
+    train(data, tmp_path / "run", epochs=2, seed=0,
+          settings={**TINY, "channel_fill": None, "ema_buffers": False, "intensity_norm": "case"}, threads=1, **KW)
     assert weights_hash(tmp_path / "run" / "last" / "model.safetensors") in RECORDED[version]
