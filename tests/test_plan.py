@@ -108,3 +108,13 @@ def test_busi_trains_the_dice_term_per_image_unless_a_preset_or_another_loss_say
     assert settings_for("busi", overrides={"loss_args": {"batch": True}})["loss_args"] == {"batch": True}
     ds = load_dataset(write_busi_replica(tmp_path / "b", per_class=3))
     assert make_plan(ds).loss_args == per_image
+
+
+def test_the_plans_choices_name_exactly_the_implemented_rules():
+    """plan.py lists its choices itself (it imports nothing but the standard library, so `medseg --help` starts
+    without numpy); each list must name what the implementing module provides, no more and no less."""
+    from medseg.data.sampling import SAMPLING
+    from medseg.io.intensity import RULES
+    from medseg.planning import plan
+    assert set(plan.INTENSITY_NORMS) == set(RULES) | {"none"}
+    assert set(plan.SAMPLINGS) == set(SAMPLING)

@@ -41,7 +41,7 @@ from ..errors import MedsegError
 PLAN_VERSION = 5
 SAMPLINGS = ("lesion", "area", "uniform")  # the implementations: data.sampling.SAMPLING
 PRECISIONS = ("auto", "fp32", "bf16")
-INTENSITY_NORMS = ("case", "median", "none")
+INTENSITY_NORMS = ("case", "median", "none")  # io.intensity.RULES, and "none"
 SELECTIONS = ("last", "window")
 DEFAULT_PATCH = (32, 64, 64)
 MULTICLASS_LOSSES = ("ce+dice",)  # softmax losses (training.losses)
