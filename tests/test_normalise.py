@@ -103,15 +103,15 @@ def test_prediction_of_a_case_times_0_3_keeps_its_mask_only_with_per_case_scalin
         assert diff > 1e-2
 
 
-def test_lgg_and_busi_plans_scale_by_the_median_other_layouts_by_the_99th_percentile(replica, tmp_path):
-    """kaggle_3m's and BUSI's layout default is the median rule (measured: docs/results.md); a generic folder
-    of images and masks keeps the percentile, and a user's setting wins."""
+def test_lgg_plans_scale_by_the_median_other_layouts_by_the_99th_percentile(replica, tmp_path):
+    """kaggle_3m's layout default is the median rule (measured: docs/results.md); BUSI and a generic folder of
+    images and masks keep the percentile, and a user's setting wins."""
     from conftest import write_busi_replica
     from test_folder_layouts import write_images_masks
     lgg = load_dataset(replica[1])
     assert make_plan(lgg, 0.34, 0).intensity_norm == "median"
     assert make_plan(lgg, 0.34, 0, settings={"intensity_norm": "case"}).intensity_norm == "case"
     busi = load_dataset(write_busi_replica(tmp_path / "busi", per_class=3))
-    assert make_plan(busi, 0.34, 0).intensity_norm == "median"
+    assert make_plan(busi, 0.34, 0).intensity_norm == "case"
     folder = load_dataset(write_images_masks(tmp_path / "folder"))
     assert make_plan(folder, 0.5, 0).intensity_norm == "case"
