@@ -34,7 +34,9 @@ demo: $(STAMP)
 
 test: $(STAMP) tools
 	.venv/bin/lint-imports --no-cache  # the layering of docs/architecture.md (pyproject.toml [tool.importlinter])
-	$(PY) -m pytest; rc=$$?; [ $$rc -ne 5 ] || echo 'pytest ran no test: failing'; exit $$rc
+# -n auto: one pytest worker per core (pytest-xdist); --dist loadfile keeps each test file, and so its
+# module-scoped fixtures (trained runs), on one worker
+	$(PY) -m pytest -n auto --dist loadfile; rc=$$?; [ $$rc -ne 5 ] || echo 'pytest ran no test: failing'; exit $$rc
 
 slow: $(STAMP)
 	$(PY) -m pytest -m slow

@@ -25,6 +25,16 @@ hypothesis_settings.register_profile("explore", max_examples=2000, deadline=None
 hypothesis_settings.load_profile("ci" if os.environ.get("CI") == "true" else os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+# `make test` runs one pytest worker per core (pytest-xdist, -n auto). Each worker, and each process a test
+# starts, computes on one thread: two workers of two threads each share two cores badly (tiny batches on a
+# busy 2-core machine ran 5-10x slower with 2 threads than with 1, tests/test_ircadb.py).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     """Tests share one preprocessed-array cache of their own, never the user's ~/.cache/medseg."""
