@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -158,3 +159,26 @@ def test_robust_is_the_default_set_with_a_wider_gamma():
         adjuster.randomize(None)
         drawn.append(adjuster.gamma_value)
     assert 0.5 <= min(drawn) < 0.6 and 1.9 < max(drawn) <= 2.0
+
+
+@pytest.mark.parametrize("rule", ["median", "case"])
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_anchored_gamma_is_what_a_contrast_curve_on_the_stored_values_becomes_after_case_scaling(rule, gamma):
+    """A gamma on a case's stored grey values, then the case's own scaling (io.intensity, the plan's rule), gives
+    the image the "anchored" set's gamma makes of the scaled case: its contrast step shows the model what
+    another scanner's contrast curve would. MONAI's gamma about the image's own range does not."""
+    from medseg.io.intensity import scale_case
+    from medseg.transforms import RandAnchoredGamma, plan_augmentation
+
+    rng = np.random.default_rng(0)
+    raw = np.zeros((3, 40, 40), np.float32)  # a zero background around a body of grey values
+    raw[:, 5:35, 5:35] = rng.uniform(0.3, 0.9, (3, 30, 30))
+    expected = scale_case([raw ** gamma], rule)[0]
+    plan = SimpleNamespace(augmentation="anchored", channel_fill=None, channels=3, sequence_gamma=0.0,
+                           intensity_norm=rule)  # what the training loop hands on
+    step = next(t for t in plan_augmentation(plan).transforms if isinstance(t, RandAnchoredGamma))
+    step.prob, step.gamma = 1.0, (gamma, gamma)
+    scaled = torch.from_numpy(scale_case([raw], rule)[0])
+    got = step({IMAGE: scaled, LABEL: torch.zeros(1, 40, 40)})[IMAGE].numpy()
+    assert np.abs(got - expected).max() < 2e-3  # percentiles interpolate between neighbouring grey values
+    assert np.abs(scaled.numpy() - expected).max() > 0.05  # the curve does change the scaled case

@@ -31,7 +31,7 @@ from ..errors import MedsegError
 from ..models import SPATIAL_DIMS, build_model
 from ..models.weights import load_encoder_weights
 from ..planning.plan import Plan
-from ..transforms import augmentation, normalize
+from ..transforms import normalize, plan_augmentation
 from .callbacks import Callback, Interrupt, console
 from .dist import Dist
 from .ema import Ema
@@ -126,7 +126,7 @@ class Loop:
         if d.rank:  # ranks share the initial weights (DDP also broadcasts them) but not their dropout draws
             torch.manual_seed(seed + 7919 * d.rank)
         self.rng = np.random.default_rng(seed)  # the same on every rank: all draw one epoch, then take a share
-        self.augment = augmentation(plan.augmentation, plan.channel_fill, plan.channels, plan.sequence_gamma)
+        self.augment = plan_augmentation(plan)
         self.augment.set_random_state(seed=seed + 7919 * d.rank)
         self.loss_fn = build_loss(plan.loss, **(plan.loss_args or {})).to(self.device)
         self.opt = build_optimizer(plan, self.module.parameters())
