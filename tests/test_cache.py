@@ -33,6 +33,9 @@ def test_cache_hit_equals_fresh_read_and_key_follows_files_and_settings(tmp_path
     assert np.array_equal(first.images.numpy(), again.images.numpy())
     assert np.array_equal(first.masks.numpy(), again.masks.numpy())
     assert data.cache_key(ds.items, {**PREP, "image_size": 64}) != data.cache_key(ds.items, PREP)
+    # the body mask of before the setting keeps the caches written then; another body mask is another array
+    assert data.cache_key(ds.items, {**PREP, "body_mask": "fraction"}) == data.cache_key(ds.items, PREP)
+    assert data.cache_key(ds.items, {**PREP, "body_mask": "log-otsu"}) != data.cache_key(ds.items, PREP)
     key = data.cache_key(ds.items, PREP)
     st = ds.items[0].image.stat()
     os.utime(ds.items[0].image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file changed

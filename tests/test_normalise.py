@@ -37,6 +37,27 @@ def test_a_case_times_any_factor_is_scaled_to_the_same_values(rule, quantile, ta
     assert scale_case(case, "none") is case
 
 
+@pytest.mark.parametrize("gain, gamma", [(1.0, 0.5), (3.0, 0.5), (1.0, 2.0), (0.33, 2.0)])
+def test_the_log_otsu_body_is_the_same_pixels_under_another_contrast_curve(gain, gamma):
+    """A case rendered with another scale and contrast curve (gain * x ** gamma) is scaled by the statistic of
+    the same body pixels with body_mask log-otsu; with the fraction of the 99.9th percentile, gamma 0.5 lifts
+    the dim background into the body and the body's median off its target."""
+    rng = np.random.default_rng(2)
+    case = [rng.uniform(0.002, 0.02, (2, 48, 48)).astype(np.float32) for _ in range(3)]  # the scanner's dark floor
+    yy, xx = np.mgrid[:48, :48]
+    body = (yy - 24) ** 2 + (xx - 24) ** 2 < 18 ** 2
+    for im in case:
+        im[:, body] = rng.uniform(0.3, 0.9, (2, int(body.sum())))
+    shifted = [gain * im ** gamma for im in case]
+    median = np.median(np.concatenate([im[:, body] for im in shifted], axis=1), axis=1)  # over the true body
+    expected = [np.clip(im * (MEDIAN_TARGET / median)[:, None, None], 0, 1) for im in shifted]
+    out = scale_case(shifted, "median", "log-otsu")
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(out, expected))
+    old = scale_case(shifted, "median", "fraction")
+    old_median = np.median(np.concatenate([im[:, body] for im in old], axis=1))
+    assert (old_median > 0.22) == (gamma < 1), old_median  # (gamma 0.5: 1.0, all of the body clipped; gamma 2: 0.2)
+
+
 def test_the_median_rule_scales_normal_tissue_alike_whatever_the_bright_lesion():
     """A bright lesion over 8% of the body moves the 99th percentile (rule "case"), so the same normal tissue
     is scaled differently with and without it; the median of the body pixels hardly moves."""
@@ -101,6 +122,25 @@ def test_prediction_of_a_case_times_0_3_keeps_its_mask_only_with_per_case_scalin
         assert diff < 2e-3 and np.array_equal(plain >= 0.5, darker >= 0.5)
     else:  # without it the darker case is another input altogether (the test above fails when scaling is off)
         assert diff > 1e-2
+
+
+def test_training_arrays_and_prediction_take_the_plans_body_mask(replica, monkeypatch, tmp_path):
+    """The cached training arrays and the predictor scale a case over the same body pixels, those the plan's
+    body_mask finds (the replica's noise floor of 0-59 grey levels is body for "fraction", not for "log-otsu")."""
+    import torch
+    monkeypatch.setenv("MEDSEG_CACHE", str(tmp_path / "cache"))
+    _, data, patient, _ = replica
+    ds = load_dataset(data)
+    items = [it for it in ds.items if it.image.parent.name == patient]
+    stack = [read_image(it.image, 3) for it in items]
+    trained = {}
+    for body in ("fraction", "log-otsu"):
+        plan = make_plan(ds, 0.34, 0, image_size=48, epochs=1, settings={"body_mask": body})
+        assert plan.intensity_norm == "median" and plan.body_mask == body
+        trained[body] = load_arrays(items, prep_of(plan)).images.float().numpy() / 255
+        predicted = Predictor(model=torch.nn.Identity(), plan=plan).scale_case(stack)
+        assert max(float(np.abs(a - b).max()) for a, b in zip(trained[body], predicted)) <= 0.5 / 255 + 1e-6
+    assert float(np.abs(trained["fraction"] - trained["log-otsu"]).mean()) > 0.02
 
 
 def test_lgg_plans_scale_by_the_median_other_layouts_by_the_99th_percentile(replica, tmp_path):

@@ -95,6 +95,9 @@ def test_plan_versions_and_keys(tmp_path):
         plan.replace(select="best").validate()
     with pytest.raises(MedsegError, match="unknown sampling 'often'"):
         plan.replace(sampling="often").validate()
+    with pytest.raises(MedsegError, match="body_mask must be one of fraction, log-otsu, got 'otsu'"):
+        plan.replace(body_mask="otsu").validate()
+    assert Plan.from_dict({"version": 5}).body_mask == "fraction"  # a plan from before the setting: as then
 
 
 def test_busi_trains_the_dice_term_per_image_unless_a_preset_or_another_loss_says_otherwise(tmp_path):

@@ -32,7 +32,8 @@ from ..io.intensity import scale_case
 from ..transforms import resize_image, resize_labels, resize_mask
 
 CACHE_VERSION = 1
-PREP_KEYS = ("channels", "image_size", "intensity", "target_values", "keep_aspect", "intensity_norm", "classes")
+PREP_KEYS = ("channels", "image_size", "intensity", "target_values", "keep_aspect", "intensity_norm", "body_mask",
+             "classes")
 
 
 @dataclass
@@ -60,8 +61,10 @@ def prep_of(plan: Plan) -> dict:
 
 
 def cache_key(items: list[Item], prep: dict) -> str:
-    if not prep.get("classes"):  # a binary run's key as before multi-class runs existed: its cache stays valid
-        prep = {k: v for k, v in prep.items() if k != "classes"}
+    # settings at their value from before they existed leave the key as it was, so those caches stay valid
+    # (a binary run: no "classes"; the body mask of before: "fraction")
+    prep = {k: v for k, v in prep.items() if not (k == "classes" and not v)
+            and not (k == "body_mask" and v in (None, "fraction"))}
     h = hashlib.sha256(json.dumps({"v": CACHE_VERSION, **prep}, sort_keys=True, default=list).encode())
     for it in items:
         for p in (it.image, *it.extra_channels, *it.masks):
@@ -100,7 +103,7 @@ def load_arrays(items: list[Item], prep: dict, label: str = "reading", cache: bo
         task = bar.add_task(label, total=len(items))
         for case in _by_case(items):  # a case is read whole: its intensity statistics span all its slices
             read = _read_case(items, case, prep, skipped, bar, task)
-            scaled = scale_case([img for _, img, _ in read], prep.get("intensity_norm"))
+            scaled = scale_case([img for _, img, _ in read], prep.get("intensity_norm"), prep.get("body_mask"))
             for (i, _, mask), img in zip(read, scaled):
                 good.append(i)
                 img = resize_image(torch.from_numpy(img)[None], size, keep)[0]

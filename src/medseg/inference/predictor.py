@@ -100,7 +100,7 @@ class Predictor:
 
     def scale_case(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """One case's images (a 2D image, or every slice of a stack) by the plan's intensity rule."""
-        return scale_case(images, self.plan.intensity_norm)
+        return scale_case(images, self.plan.intensity_norm, self.plan.body_mask)
 
     @property
     def three_d(self) -> bool:
@@ -222,7 +222,7 @@ def _engine(model: torch.nn.Module, plan: Plan, engine: str) -> torch.nn.Module:
 
 def _same_preprocessing(loaded: list, run: Path) -> Plan:
     """Fold 0's plan, once every fold is checked to take its input the same way (size, channels, context)."""
-    keys = ("model", "image_size", "channels", "neighbours", "intensity", "intensity_norm", "keep_aspect")
+    keys = ("model", "image_size", "channels", "neighbours", "intensity", "intensity_norm", "body_mask", "keep_aspect")
     first = loaded[0][1]
     for _, p in loaded[1:]:
         if any(getattr(p, k) != getattr(first, k) for k in keys):
