@@ -150,8 +150,10 @@ def test_lgg_plans_scale_by_the_median_other_layouts_by_the_99th_percentile(repl
     from test_folder_layouts import write_images_masks
     lgg = load_dataset(replica[1])
     assert make_plan(lgg, 0.34, 0).intensity_norm == "median"
+    assert (make_plan(lgg, 0.34, 0).body_mask, make_plan(lgg, 0.34, 0).augmentation) == ("log-otsu", "anchored")
     assert make_plan(lgg, 0.34, 0, settings={"intensity_norm": "case"}).intensity_norm == "case"
     busi = load_dataset(write_busi_replica(tmp_path / "busi", per_class=3))
     assert make_plan(busi, 0.34, 0).intensity_norm == "case"
+    assert (make_plan(busi, 0.34, 0).body_mask, make_plan(busi, 0.34, 0).augmentation) == ("fraction", "robust")
     folder = load_dataset(write_images_masks(tmp_path / "folder"))
     assert make_plan(folder, 0.5, 0).intensity_norm == "case"

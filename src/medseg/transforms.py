@@ -118,10 +118,10 @@ class RandAnchoredGamma(mt.Randomizable):
     to 0.45 under gamma 0.5, a level no scaled case has) or, with retain_stats, restores mean and std by
     shifting the zero background; neither is this, so it is written here. Works on one sample (dict, C x ...).
 
-    Not a default (`--set augmentation=anchored`): two pooled 5-fold LGG pairs against "robust" scored +0.008
-    a patient each (18 of 30 better, within the noise), and its stress test traded: gamma 2 on the stored
-    values cost 0.005 Dice against 0.061, gamma 0.5 0.282 against 0.162 (a real gamma 0.5 also lifts the
-    near-black background into the body pixels the median is taken over; docs/results.md)."""
+    With the 5% body threshold alone it traded (two pooled 5-fold LGG pairs against "robust": +0.008 a patient
+    each; gamma 2 on the stored values cost 0.005 Dice against 0.061, gamma 0.5 0.282 against 0.162, since a
+    real gamma 0.5 also lifts the near-black background into the body pixels the median is taken over). With
+    the log-Otsu body mask, which a gamma does not move, it is LGG's default (planning.planner; docs/results.md)."""
 
     def __init__(self, anchor: float, prob: float = 0.3, gamma: tuple[float, float] = (0.5, 2.0)):
         self.anchor, self.prob, self.gamma = float(anchor), float(prob), (float(gamma[0]), float(gamma[1]))
