@@ -175,8 +175,8 @@ def test_lgg_folder_is_one_stack_with_2_5d_input(tmp_path):
     ds = load_dataset(root, "lgg")
     patient = ds.patients[0]
     items = [it for it in ds.items if it.patient == patient]
-    imgs = [read_item(it, prep_of(p.plan))[0] for it in items]
-    probs = np.stack([p.probabilities(np.concatenate([imgs[j] for j in around]))
+    imgs = p.scale_case([read_item(it, prep_of(p.plan))[0] for it in items])  # the whole stack is one case
+    probs = np.stack([p.probabilities_batch(np.concatenate([imgs[j] for j in around])[None])[0]
                       for around in neighbour_index(items, 1)])
     expected = postprocess.apply(probs.astype(np.float16), p.setting)
     out = tmp_path / "masks"
