@@ -224,3 +224,32 @@ def test_a_2d_run_predicts_with_its_flips_by_default(busi_run):
     default, flipped = Predictor.load(run), Predictor.load(run, tta=True)
     assert default.tta and not Predictor.load(run, tta=False).tta
     np.testing.assert_array_equal(default.probabilities(img), flipped.probabilities(img))
+
+
+class _Logit(torch.nn.Module):
+    """Logits = the first channel as it reaches the model: the probabilities show the scaling predict applied."""
+
+    def forward(self, x):
+        return x[:, :1]
+
+
+def test_a_stack_is_scaled_as_one_case_not_slice_by_slice():
+    """predict scales a slice stack (a patient) by one factor per channel, computed over the whole stack as in
+    training: a slice 0.3x as bright as its neighbour must reach the model 0.3x as bright, not stretched to
+    look like it; and the stack times 3 must give the same probabilities (the scaling is per case)."""
+    from medseg.inference.predictor import Predictor
+    from medseg.planning.plan import Plan
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :32]
+    disc = (yy - 16) ** 2 + (xx - 16) ** 2 < 12 ** 2
+    bright = np.where(disc, rng.uniform(0.02, 0.06, (32, 32)), 0.0).astype(np.float32)[None]
+    stack = [bright, 0.3 * bright]
+    plan = Plan(intensity_norm="median", body_mask="log-otsu", neighbours=0, image_size=32, mean=[0.0], std=[1.0])
+    p = Predictor(_Logit(), plan, tta=False)
+    logit = lambda q: np.log(q / (1 - q))  # noqa: E731
+    got = logit(p.volume_probabilities(iter(stack), 2).astype(np.float64))
+    assert got[0][disc].mean() > 0.1  # the stack was scaled up towards the median target, not left as is
+    np.testing.assert_allclose(got[1], 0.3 * got[0], atol=5e-3)
+    tripled = logit(p.volume_probabilities(iter([3 * s for s in stack]), 2).astype(np.float64))
+    np.testing.assert_allclose(tripled, got, atol=5e-3)
