@@ -182,3 +182,18 @@ def test_anchored_gamma_is_what_a_contrast_curve_on_the_stored_values_becomes_af
     got = step({IMAGE: scaled, LABEL: torch.zeros(1, 40, 40)})[IMAGE].numpy()
     assert np.abs(got - expected).max() < 2e-3  # percentiles interpolate between neighbouring grey values
     assert np.abs(scaled.numpy() - expected).max() > 0.05  # the curve does change the scaled case
+
+
+def test_the_mri_set_never_offsets_an_image_the_anchored_set_does():
+    """An MR image's zero is air: the "mri" set scales, bends and adds zero-mean noise, but never lifts or lowers a
+    whole image. An all-zero image keeps a median of 0 (the noise moves a 64 x 64 image's median by ~0.001)
+    under every draw; under the "anchored" set the +-0.1 shift moves it on about half the draws."""
+    zero = {IMAGE: torch.zeros(3, 64, 64), LABEL: torch.zeros(1, 64, 64)}
+
+    def medians(name: str) -> np.ndarray:
+        aug = augmentation(name, intensity_norm="median")
+        aug.set_random_state(seed=0)
+        return np.array([float(aug(dict(zero))[IMAGE].median()) for _ in range(40)])
+
+    assert np.abs(medians("mri")).max() < 0.01
+    assert (np.abs(medians("anchored")) > 0.01).sum() >= 10

@@ -145,6 +145,13 @@ def _anchored(anchor: float = 1.0) -> list:
     return [RandAnchoredGamma(anchor) if isinstance(t, mt.RandAdjustContrastd) else t for t in _robust()]
 
 
+def _mri(anchor: float = 1.0) -> list:
+    """The "anchored" set without its additive shift (+-0.1 on half the samples): an MR image's zero is air and
+    no scanner adds an offset, while under the median rule (brain at 0.2) that shift moved the whole image,
+    background included, by up to half the tissue's level."""
+    return [t for t in _anchored(anchor) if not isinstance(t, mt.RandShiftIntensityd)]
+
+
 def _busi() -> list:
     return [_flip(1), _affine(0.5, 10, 0.1),
             mt.RandShiftIntensityd(keys=IMAGE, offsets=0.1, prob=0.5),  # brightness
@@ -400,7 +407,7 @@ class _Then(mt.Randomizable):
         return x, y
 
 
-_AUGMENTATION_SETS = {"none": list, "default": _default, "robust": _robust, "anchored": _anchored, "flips": lambda: [_flip(1)], "busi": _busi, "lgg": _lgg,
+_AUGMENTATION_SETS = {"none": list, "default": _default, "robust": _robust, "anchored": _anchored, "mri": _mri, "flips": lambda: [_flip(1)], "busi": _busi, "lgg": _lgg,
                       "liver-ct": _liver_ct, "cbis": _cbis, "strong": _strong, "wide": _wide, "3d": _volume,
                       "fast": None}
 # One line each for `medseg presets`. Geometry moves image and label together (labels by nearest neighbour);
@@ -410,6 +417,7 @@ AUGMENTATIONS: dict[str, str] = {
     "default": "left-right flip, rotation +-15 deg, scale +-15%, brightness/shift/gamma 0.7-1.5, light noise",
     "robust": "the default set with gamma 0.5-2 (the default for 2D runs)",
     "anchored": "the robust set with its gamma about the value the case scaling puts its statistic at",
+    "mri": "the anchored set without the additive intensity shift (an MR image's zero is air)",
     "flips": "left-right flip only",
     "busi": "left-right flip, rotation +-10 deg, scale +-10%, brightness and contrast",
     "lgg": "Buda et al.: isotropic scale +-5%, rotation +-15 deg, left-right flip",
@@ -455,6 +463,6 @@ def augmentation(name: str, fill: dict | None = None, channels: int = 1, sequenc
         [RandFillChannels(fill["source"], channels, fill["prob"])] if fill and fill.get("prob") else [])
     if name == "fast":
         return _Then(BatchDefault(), *extras) if extras else BatchDefault()
-    if name == "anchored":  # the value the plan's rule puts a case's reference statistic at; 1 without a rule
-        return mt.Compose(_anchored(RULES.get(intensity_norm, (None, 1.0))[1]) + extras)
+    if name in ("anchored", "mri"):  # the value the plan's rule puts a case's reference statistic at; 1 without one
+        return mt.Compose(_AUGMENTATION_SETS[name](RULES.get(intensity_norm, (None, 1.0))[1]) + extras)
     return mt.Compose(_AUGMENTATION_SETS[name]() + extras)

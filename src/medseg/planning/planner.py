@@ -89,7 +89,7 @@ def make_plan(ds: DataSet, val_fraction: float = 0.2, seed: int = 0, preset: str
     s.update(data_settings(ds, s))
     if ds.classes and "loss" not in given:  # softmax over background + classes, whatever the preset's binary loss
         s["loss"] = "ce+dice"
-    if SPATIAL_DIMS.get(s["model"], 2) == 3 and s["augmentation"] in ("default", "robust", "anchored"):
+    if SPATIAL_DIMS.get(s["model"], 2) == 3 and s["augmentation"] in ("default", "robust", "anchored", "mri"):
         s["augmentation"] = "3d"  # the 2D default set does not apply to C x D x H x W patches
     plan = Plan(**s, seed=seed, val_fraction=val_fraction, folds=folds, fold=fold,
                 split={"train": train, "val": val})
