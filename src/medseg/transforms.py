@@ -455,7 +455,7 @@ def augmentation(name: str, fill: dict | None = None, channels: int = 1, sequenc
     `sequence_gamma` (a probability; the plan's) adds RandSequenceGamma, then `fill` ({"source": c, "prob": p},
     the plan's channel_fill) RandFillChannels last, both over blocks of `channels` channels; the set's own
     transforms keep their random streams, and so does the fill where sequence_gamma is 0. `intensity_norm` (the
-    plan's rule) places the "anchored" set's gamma; the other sets ignore it."""
+    plan's rule) places the "anchored" and "mri" sets' gamma; the other sets ignore it."""
     from .errors import MedsegError
 
     if name not in _AUGMENTATION_SETS:
