@@ -4,8 +4,6 @@ one JSON line to benchmarks/results/<name>.jsonl. Figures are measured in the ru
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,14 +12,11 @@ LGG_DEV = Path(__file__).resolve().parents[1].parent / "shared/data/lgg-kaggle_3
 
 
 def machine() -> dict:
+    """medseg's own record of the machine (medseg.version.machine), with the date and torch's thread count."""
     import torch
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor()
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    from medseg.version import machine as medseg_machine
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **medseg_machine(),
+            "threads": torch.get_num_threads()}
 
 
 def header(threads: int) -> str:

@@ -92,3 +92,17 @@ def test_serve_and_load_take_a_cv_run_as_its_ensemble(cv_run):
     patient = sorted(p for p in data.iterdir() if p.is_dir())[0]
     got = medseg.load(run).predict(patient / f"{patient.name}_2.tif")
     assert got.mask.shape == (48, 48) and got.prob.dtype == np.float32
+
+
+def test_the_report_names_each_folds_epochs_and_the_machine_they_trained_on(cv_run):
+    import torch
+    _, run, _ = cv_run
+    pooled = evaluate(run, quiet=True, tune=False)
+    epochs = [len(_rows(run / f"fold{i}" / "log.csv")) for i in range(FOLDS)]  # one log row per epoch
+    assert pooled["training"]["epochs"] == epochs == [1] * FOLDS
+    report = (run / "eval" / "report.html").read_text()
+    assert f"{FOLDS} folds, 1 epoch each" in report and f"torch {torch.__version__}" in report
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    if cpu:  # x86 Linux names its CPU here (this machine does); elsewhere platform.processor() stands in
+        assert pooled["training"]["machine"]["cpu"] == cpu and cpu in report

@@ -33,12 +33,13 @@ from ..adapters import load_dataset
 from ..adapters.base import spacing_xyz
 from ..data.arrays import prep_of, read_item
 from ..errors import MedsegError, atomic_path, check_output
-from ..inference.checkpoint import fold_runs
+from ..inference.checkpoint import TRAINING_FILE, fold_runs
 from ..inference.predictor import Predictor
 from ..io.images import overlay, thumb_step
 from .multiclass import evaluate_classes
 from .report import render_report, write_report
 from . import stress as stress_shifts
+from ..version import machine_text
 
 if TYPE_CHECKING:
     from ..planning.plan import Plan
@@ -97,6 +98,7 @@ def evaluate(run: str | Path, data: str | Path | None = None, split: str | None 
     result = _summarise(cases, lesion_rows, ds, data, split, plan, tta, chosen, current, sweep)
     result["fingerprint"] = _fingerprint(items, scored, ds)
     result["skipped"] = skipped
+    result["training"] = _training(run_folder)
     if stress:  # the same cases again under input shifts, at the chosen setting (stress.py)
         groups = _stress_groups(run, predictor, split, same, tta, ds, data, chosen)
         result["stress"] = stress_shifts.stress_test(groups, chosen, quiet)
@@ -134,6 +136,30 @@ def score(scope: Scope, predictor, current: dict, candidates: list[dict], view=N
         items += fold_items
         skipped += scan.skipped
     return scored, items, skipped
+
+
+def _training(run_folder: Path) -> dict | None:
+    """What training the evaluated model(s) got (RUN/training.json, each fold's for a cross-validated run):
+    epochs and seconds per run and the machine, since the epochs a time budget buys depend on it. None when a
+    run has no record (trained by an older medseg, or interrupted and not resumed to its end)."""
+    records = []
+    for folder in fold_runs(run_folder) or [run_folder]:
+        try:
+            records.append(json.loads((folder / TRAINING_FILE).read_text()))
+        except (OSError, ValueError):
+            return None
+    try:
+        epochs, seconds = [int(r["epochs"]) for r in records], [float(r["seconds"]) for r in records]
+        first = records[0]
+        where = machine_text(first["machine"], first.get("threads"), first.get("device"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    span = (f"{min(epochs)}-{max(epochs)}" if min(epochs) != max(epochs) else str(epochs[0])) \
+        + (" epochs" if max(epochs) != 1 else " epoch")
+    runs = f"{len(records)} folds, {span} each" if len(records) > 1 else span
+    return {"runs": len(records), "epochs": epochs, "seconds": seconds, "machine": first["machine"],
+            "threads": first.get("threads"), "device": first.get("device"),
+            "text": f"{runs}, {sum(seconds):.0f} s in all, on {where}"}
 
 
 def _check_outputs(run_folder: Path, tune: bool) -> None:
@@ -537,7 +563,8 @@ def _report_summary(result: dict) -> dict:
                "Empty cases predicted empty": result["empty_cases_predicted_empty"],
                "Post-processing": result["postprocess_text"]
                + (" (chosen on this split: optimistic)" if result["tuned"] else ""),
-               "Checkpoint epoch": result["checkpoint_epoch"]}
+               "Checkpoint epoch": result["checkpoint_epoch"],
+               **({"Training": result["training"]["text"]} if result.get("training") else {})}
     for g, s in result["by_group"].items():
         if s.get("n"):
             summary[f"Dice mean, {g} ({s['n']})"] = s["mean"]
@@ -591,6 +618,8 @@ def _print_summary(result: dict) -> None:
                         f"{les['false_positive_components']} false-positive components")
     Console().print(f"post-processing: {escape(result['postprocess_text'])}"
                     + (" (chosen on this split, saved into the run)" if result["tuned"] else ""))
+    if result.get("training"):
+        Console().print(f"training: {escape(result['training']['text'])}", soft_wrap=True)
     if result["n_empty_cases"]:
         what = "normal images (empty ground truth)" if result["layout"] == "busi" else "cases with empty ground truth"
         Console().print(f"{result['n_empty_cases']} {what}: "
@@ -599,4 +628,4 @@ def _print_summary(result: dict) -> None:
 
 # The binary scoring steps, handed to evaluation.multiclass (which scores each class as a binary segmentation).
 BINARY = SimpleNamespace(score=score, collect=_collect, summarise=_summarise, fingerprint=_fingerprint,
-                         write_tables=_write_tables, read_log=_read_log, notes=_report_notes)
+                         write_tables=_write_tables, read_log=_read_log, notes=_report_notes, training=_training)

@@ -71,7 +71,7 @@ def evaluate_classes(scope, predictor, core) -> dict:
         per_class[c["name"]] = result
         rows += [{"class": c["name"], **r} for r in cases]
         slice_rows += [{"class": c["name"], **r} for r in slices]
-    result = _combine(per_class, plan)
+    result = {**_combine(per_class, plan), "training": core.training(scope.run_folder)}
     folder = scope.run_folder / "eval"
     core.write_tables(folder, result, rows, slice_rows)
     pictures = _pictures(scope, predictor, rows, slice_rows, labels, order, items)
@@ -127,7 +127,8 @@ def _summary(result: dict) -> dict:
             "Dice, mean over classes": result["mean"]["dice"], "IoU, mean over classes": result["mean"]["iou"],
             f"HD95 ({u}), mean over classes": result["mean"]["hd95"],
             f"ASD ({u}), mean over classes": result["mean"]["asd"],
-            "Labels": ARGMAX_TEXT, "Checkpoint epoch": result["checkpoint_epoch"]}
+            "Labels": ARGMAX_TEXT, "Checkpoint epoch": result["checkpoint_epoch"],
+            **({"Training": result["training"]["text"]} if result.get("training") else {})}
 
 
 def _pictures(scope, predictor, rows: list, slice_rows: list, labels: dict, order: list, items: list) -> list:

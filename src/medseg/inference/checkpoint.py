@@ -20,6 +20,7 @@ from ..models import build_model
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 CV_FILE = "cv.json"  # a cross-validated run: RUN/cv.json names its fold run folders (training.cv)
+TRAINING_FILE = "training.json"  # RUN/training.json: epochs, time and the machine of a finished training
 
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, plan: Plan) -> None:

@@ -28,9 +28,11 @@ from rich.markup import escape
 from ..adapters import DataSet, load_dataset
 from ..data.arrays import Arrays, channel_stats, load_arrays, prep_of, with_neighbours
 from ..errors import MedsegError, atomic_path
+from ..inference.checkpoint import TRAINING_FILE
 from ..models import SPATIAL_DIMS
 from ..models.weights import encoder_settings
 from ..planning.plan import Plan
+from ..version import machine
 from .callbacks import (Checkpoints, ConsoleStatus, CsvLog, EarlyStopping, TensorBoard, UserCallback, console,
                         print_summary)
 from .dist import Dist
@@ -138,7 +140,10 @@ def _train(d: Dist, plan: Plan, ds: DataSet, run: Path, options: Options, resumi
                 console.print(f"[yellow]interrupted {s}: saved {run / 'last'} with its training state; continue "
                               f"with `medseg train --resume {run}`[/]", soft_wrap=True)
             raise KeyboardInterrupt(f"training interrupted {s}; resume with: medseg train --resume {run}") from None
-    summary = loop.summary()
+    summary = {**loop.summary(), "threads": plan.threads, "device": str(d.device), "machine": machine()}
+    if d.main:  # the epochs a time budget bought depend on the machine: evaluate's report names both
+        with atomic_path(run / TRAINING_FILE) as tmp:
+            tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
     if not quiet:
         print_summary(summary, ds.unit)
     return summary
