@@ -33,6 +33,7 @@ VARIANTS = {  # name -> settings for train()
     "medseg compile, augmentation inline": {"prefetch": False, "compile": True},
     "medseg compile + prefetch thread": {"prefetch": True, "compile": True},
     "medseg compile + prefetch, 'fast' augmentation": {"prefetch": True, "compile": True, "augmentation": "fast"},
+    "medseg compile + prefetch, bf16 autocast": {"prefetch": True, "compile": True, "precision": "bf16"},
 }
 
 
