@@ -454,6 +454,28 @@ def test_compile_auto_needs_a_2d_model_a_long_budget_and_a_cxx_compiler(monkeypa
     assert not compiles(Plan(**plan))
 
 
+def test_bf16_auto_on_cuda_and_on_a_timed_run_of_a_cpu_with_amx(monkeypatch, tmp_path):
+    from medseg.training.speed import has_amx, uses_bf16
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    plan = {"precision": "auto", "time_budget_s": 540}
+    monkeypatch.setattr(speed_mod, "has_amx", lambda: True)
+    assert uses_bf16(Plan(**plan), cpu) and uses_bf16(Plan(**plan), cuda)
+    assert not uses_bf16(Plan(**{**plan, "time_budget_s": None}), cpu)  # fixed epochs: the same weights on any CPU
+    assert not uses_bf16(Plan(**{**plan, "precision": "fp32"}), cpu)
+    monkeypatch.setattr(speed_mod, "has_amx", lambda: False)  # AVX512-BF16 alone gained 1.02x: fp32
+    assert not uses_bf16(Plan(**plan), cpu) and uses_bf16(Plan(**plan), cuda)
+    assert uses_bf16(Plan(**{**plan, "precision": "bf16"}), cpu)
+    monkeypatch.undo()
+    flags = tmp_path / "cpuinfo"  # has_amx reads the flags line of /proc/cpuinfo
+    for line, amx in (("flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n", True),
+                      ("flags\t\t: fpu avx512f avx512_bf16\n", False)):
+        flags.write_text("processor\t: 0\n" + line)
+        real_open = open
+        monkeypatch.setattr("builtins.open", lambda p, *a, **k: real_open(flags if p == "/proc/cpuinfo" else p, *a, **k))
+        assert has_amx() is amx
+        monkeypatch.undo()
+
+
 def test_init_seed_changes_the_weights_not_the_split(tmp_path, lgg):
     """init_seed re-draws the initialisation, sampling and augmentation on the same patients (the seed spread
     of one split); init_seed equal to seed is the plain run, weight for weight."""

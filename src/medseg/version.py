@@ -24,8 +24,8 @@ def machine() -> dict:
             "python": platform.python_version(), "torch": torch.__version__, "medseg": __version__}
 
 
-def machine_text(m: dict, threads: int | None = None, device: str | None = None) -> str:
-    """One line for a report: 'Intel(R) Xeon(R) Processor, 2 cores (1 thread), torch 2.13.0+cpu'."""
+def machine_text(m: dict, threads: int | None = None, device: str | None = None, bf16: bool = False) -> str:
+    """One line for a report: 'Intel(R) Xeon(R) Processor, 2 cores (1 thread), torch 2.13.0+cpu, bf16 autocast'."""
     where = m.get("gpu") if device and device.startswith("cuda") and m.get("gpu") else m.get("cpu") or "unknown CPU"
     used = f" ({threads} thread{'s' if threads != 1 else ''})" if threads else ""
-    return f"{where}, {m.get('cores')} cores{used}, torch {m.get('torch')}"
+    return f"{where}, {m.get('cores')} cores{used}, torch {m.get('torch')}" + (", bf16 autocast" if bf16 else "")

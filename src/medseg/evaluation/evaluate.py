@@ -151,7 +151,7 @@ def _training(run_folder: Path) -> dict | None:
     try:
         epochs, seconds = [int(r["epochs"]) for r in records], [float(r["seconds"]) for r in records]
         first = records[0]
-        where = machine_text(first["machine"], first.get("threads"), first.get("device"))
+        where = machine_text(first["machine"], first.get("threads"), first.get("device"), bool(first.get("bf16")))
     except (KeyError, TypeError, ValueError):
         return None
     span = (f"{min(epochs)}-{max(epochs)}" if min(epochs) != max(epochs) else str(epochs[0])) \

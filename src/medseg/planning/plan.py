@@ -93,7 +93,8 @@ class Plan:
     freeze_encoder_epochs: int = _setting(0, "keep a pretrained encoder fixed for the first N epochs")
     compile: str | bool = _setting("auto", "torch.compile the step: auto (2D, budget >= 10 min, a C++ compiler)")
     prefetch: str | bool = _setting("auto", "augment ahead in a thread: auto (a spare core, or a GPU)")
-    precision: str = _setting("auto", "bf16 autocast: auto (CUDA only) | bf16 | fp32", choices=PRECISIONS)
+    precision: str = _setting("auto", "bf16 autocast: auto (CUDA; a CPU with AMX when timed) | bf16 | fp32",
+                              choices=PRECISIONS)
     patch_size: list | None = _setting(None, "3D models: training patch D x H x W (null: 32 x 64 x 64)")
     # MRI and ultrasound have no absolute intensity scale: each case (a 2D image, or a patient's whole slice
     # stack) is scaled by its own statistics before anything else (data.normalise). CT keeps its HU window.

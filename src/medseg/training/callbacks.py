@@ -203,7 +203,7 @@ def print_summary(s: dict, unit: str) -> None:
             (f"its val Dice (per {unit}, training size)", f"{s['best_val_dice']:.3f}"),
             ("last val Dice", f"{s['last_val_dice']:.3f}"),
             ("samples/s", f"{s['samples_per_s']:.1f} ({s['data_wait_share']:.0%} of it waiting for data)"),
-            ("machine", machine_text(s["machine"], s["threads"], s["device"])),
+            ("machine", machine_text(s["machine"], s["threads"], s["device"], s["bf16"])),
             ("checkpoints", f"{s['best']}  {s['last']}"), ("log", f"{s['run']}/log.csv, TensorBoard: {s['run']}/tb")]
     if s["processes"] > 1:
         rows.insert(3, ("processes", str(s["processes"])))

@@ -348,7 +348,8 @@ class Loop:
                 "best_epoch": s.best_epoch, "last_val_dice": s.log[-1]["val_dice"] if s.log else float("nan"),
                 "stopped": self.stop_reason, "samples_per_s": self.total_seen / max(self.train_time, 1e-9),
                 "data_wait_share": self.data_wait / max(self.train_time, 1e-9),  # the step waiting for batches
-                "best": str(run / "best"), "last": str(run / "last"), "processes": self.d.world}
+                "best": str(run / "best"), "last": str(run / "last"), "processes": self.d.world,
+                "bf16": uses_bf16(self.plan, self.device)}
 
 
 def check_resumable(last: Path) -> None:
