@@ -158,7 +158,7 @@ def _training(run_folder: Path) -> dict | None:
         + (" epochs" if max(epochs) != 1 else " epoch")
     runs = f"{len(records)} folds, {span} each" if len(records) > 1 else span
     return {"runs": len(records), "epochs": epochs, "seconds": seconds, "machine": first["machine"],
-            "threads": first.get("threads"), "device": first.get("device"),
+            "threads": first.get("threads"), "device": first.get("device"), "bf16": bool(first.get("bf16")),
             "text": f"{runs}, {sum(seconds):.0f} s in all, on {where}"}
 
 
