@@ -9,16 +9,20 @@ import platform
 __version__ = "0.1.0"
 
 
+def cpu_field(key: str) -> str:
+    """The first `key` line of /proc/cpuinfo ("model name", "flags"); "" where there is none (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith(key)), "")
+    except OSError:
+        return ""
+
+
 def machine() -> dict:
     """The CPU, its cores, Python and torch of this process. A run trained for a time budget records it
     (RUN/training.json): how many epochs a budget buys, and so the Dice it reaches, depends on the machine."""
     import torch  # here, not at import: this module is imported by every layer, torch is slow to load
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
+    cpu = cpu_field("model name")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu or platform.processor() or platform.machine(), "cores": os.cpu_count(), "gpu": gpu,
             "python": platform.python_version(), "torch": torch.__version__, "medseg": __version__}

@@ -9,6 +9,7 @@ import torch
 
 from ..models import SPATIAL_DIMS
 from ..planning.plan import Plan
+from ..version import cpu_field
 
 # CPU threads per training process. Measured on the 2-core machine (default UNet, 128 px, batch 16, samples/s):
 # nearly idle, 2 threads 48-70 vs 1 thread 37; with one other busy process, 2 threads 4-7 vs 1 thread 30-40
@@ -47,11 +48,7 @@ def prefetches(plan: Plan, device: torch.device, world: int) -> bool:
 
 def has_amx() -> bool:
     """The CPU multiplies bf16 on AMX tiles (Intel Xeon since Sapphire Rapids): the amx_bf16 flag of /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
-    except OSError:
-        return False
+    return "amx_bf16" in cpu_field("flags").split()
 
 
 def uses_bf16(plan: Plan, device: torch.device) -> bool:
