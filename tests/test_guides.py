@@ -8,8 +8,9 @@ files in weights/). The README names the real data in ../shared/data and a place
 continues it); the set-up lines (`make ...`, `source ...`: how this test itself is run) and the README's
 download lines (`python -c` and `curl`: they fetch VGG16 weights from the internet, which a test may not
 reach; the replicas bring their own weights) are skipped; any other command fails the test. Trainings keep
-every documented flag and get `--epochs 1 --image-size 32 --batch-size 2` appended (the last value of a
-repeated option wins), so they take seconds. A renamed verb or flag makes the command exit 2 and the test fail.
+every documented flag and get `--epochs 1 --image-size 32 --batch-size 2 --set compile=false` appended (the
+last value of a repeated option wins), so they take seconds: a documented `--time-budget 45m` would otherwise
+have torch.compile build the step, 20-40 s with a cold inductor cache, which test_train_engine covers. A renamed verb or flag makes the command exit 2 and the test fail.
 
 After each command, the files it is documented to write must exist:
 - what the README's verb table says each verb writes (`WRITES`, each entry with the README's own words for
@@ -45,7 +46,7 @@ from test_vgg16_unet import torchvision_state
 ROOT = Path(__file__).resolve().parents[1]
 GUIDES = ROOT / "docs" / "workflows"
 README = ROOT / "README.md"
-SHORT = ["--epochs", "1", "--image-size", "32", "--batch-size", "2"]
+SHORT = ["--epochs", "1", "--image-size", "32", "--batch-size", "2", "--set", "compile=false"]
 SLOW = {"mammography-cbis-ddsm", "breast-ultrasound-busi"}  # ~15 s each (VGG16, milesial U-Net): run with -m slow
 SETUP = ("make ", "source ")  # how this test itself runs: `make test` sets up .venv and runs it inside
 DOWNLOADS = ("python -c ", "curl ")  # the README's way to fetch VGG16 weights: needs the internet, which tests may not use
