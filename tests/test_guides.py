@@ -10,7 +10,8 @@ download lines (`python -c` and `curl`: they fetch VGG16 weights from the intern
 reach; the replicas bring their own weights) are skipped; any other command fails the test. Trainings keep
 every documented flag and get `--epochs 1 --image-size 32 --batch-size 2 --set compile=false` appended (the
 last value of a repeated option wins), so they take seconds: a documented `--time-budget 45m` would otherwise
-have torch.compile build the step, 20-40 s with a cold inductor cache, which test_train_engine covers. A renamed verb or flag makes the command exit 2 and the test fail.
+have torch.compile build the step, 20-40 s with a cold inductor cache, which test_train_engine covers. A
+renamed verb or flag makes the command exit 2 and the test fail.
 
 After each command, the files it is documented to write must exist:
 - what the README's verb table says each verb writes (`WRITES`, each entry with the README's own words for
