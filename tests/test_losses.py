@@ -157,3 +157,15 @@ def test_presets_lists_every_loss_and_its_arguments(capsys):
     assert run_cli("presets") == 0
     out = " ".join(capsys.readouterr().out.split())
     assert all(name in out for name in LOSSES) and "empty_weight" in out and "pos_weight" in out
+
+
+def test_a_list_of_deeply_supervised_outputs_is_weighed_against_the_resized_mask():
+    """models.unet.DeepSupervisedUNet's training outputs: the loss of each against the mask taken at its size
+    (nearest: pixel 2i+1 of 2, 4i+2 of 4), weighed 1, 0.5, 0.25; a single tensor is the plain loss."""
+    torch.manual_seed(0)
+    y = (torch.rand(2, 1, 16, 16) > 0.7).float()
+    outs = [torch.randn(2, 1, 16, 16), torch.randn(2, 1, 8, 8), torch.randn(2, 1, 4, 4)]
+    loss = build_loss("bce+dice")
+    by_hand = (loss(outs[0], y) + 0.5 * loss(outs[1], y[..., 1::2, 1::2])
+               + 0.25 * loss(outs[2], y[..., 2::4, 2::4]))
+    assert loss(outs, y).item() == pytest.approx(by_hand.item(), rel=1e-6)

@@ -155,3 +155,22 @@ def test_folding_batchnorm_keeps_the_function_and_removes_every_foldable_norm(na
         left = sum(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)) for m in model.modules())
         assert folded == norms and left == 0
         assert torch.allclose(model(x), ref, atol=1e-4 * float(ref.abs().max()) + 1e-5)
+
+
+def test_deep_supervision_adds_smaller_outputs_in_training_only():
+    """Training: the full-size logits, then one output per supervised decoder stage at 1/2, 1/4 of the size;
+    eval: the full-size logits alone, the wrapped MONAI UNet's own output (so predict sees a plain UNet)."""
+    model = build_model("unet", 3, 1, features=[8, 16, 32, 64], res_units=1, deep_supervision=2)
+    x = torch.rand(2, 3, 32, 32)
+    out = model.train()(x)
+    assert [tuple(o.shape) for o in out] == [(2, 1, 32, 32), (2, 1, 16, 16), (2, 1, 8, 8)]
+    sum(o.square().mean() for o in out).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.heads.parameters())
+    model.eval()
+    assert torch.equal(model(x), model.unet(x))
+
+
+@pytest.mark.parametrize("levels", [0.5, 3, -1, True, "2"])
+def test_deep_supervision_needs_a_level_count_the_net_has(levels):
+    with pytest.raises(MedsegError, match="deep_supervision must be 1..2"):
+        build_model("unet", 3, 1, features=[8, 16, 32, 64], deep_supervision=levels)

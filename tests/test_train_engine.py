@@ -488,3 +488,23 @@ def test_init_seed_changes_the_weights_not_the_split(tmp_path, lgg):
     assert_same_weights(runs["plain"], runs["same"])
     wa, wb = weights(runs["plain"]), weights(runs["other"])
     assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_deep_supervision_trains_its_heads_and_predicts_as_a_plain_unet(tmp_path, lgg):
+    """`model_args.deep_supervision`: the loop's loss takes the model's list of outputs, so the auxiliary
+    heads move away from their initial weights (without their loss they get no gradient and the optimizer
+    leaves them exactly as they were); the saved run predicts through the full-size output alone."""
+    from medseg.inference.predictor import Predictor
+    from medseg.models import build_model
+
+    args = {**TINY["model_args"], "deep_supervision": 1}
+    train(lgg, tmp_path / "ds", epochs=2, settings={"model_args": args, "ema_decay": None}, **KW)
+    saved = weights(tmp_path / "ds")
+    in_channels = saved["unet.model.0.conv.unit0.conv.weight"].shape[1]
+    torch.manual_seed(0)  # the loop builds the model right after seeding with the plan's seed (0)
+    init = build_model("unet", in_channels, 1, **args).state_dict()
+    assert (saved["heads.0.conv.weight"] - init["heads.0.conv.weight"]).abs().max() > 1e-3
+    predictor = Predictor.load(tmp_path / "ds")
+    prob = predictor.probabilities_batch(np.random.default_rng(0).random((1, predictor.plan.in_channels, 32, 32),
+                                                                          dtype=np.float32))
+    assert prob.shape == (1, 32, 32)

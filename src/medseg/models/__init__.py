@@ -28,12 +28,14 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
 }
 # One line each for `medseg presets`; the model_args each takes are the builder's keyword arguments.
 MODELS: dict[str, str] = {
-    "unet": "MONAI UNet, residual units (features, res_units, norm, dropout); ~1.6 M parameters by default",
+    "unet": "MONAI UNet, residual units (features, res_units, norm, dropout, deep_supervision); ~1.6 M parameters "
+            "by default",
     "unet2d": "plain U-Net of any depth/width (features, depth, norm batch|instance|none, dropout, "
               "upsampling transposed|bilinear)",
     "unet-milesial": "milesial/Pytorch-UNet shape: base 64, 4 downs, BN (bilinear); 31.0 M, 17.3 M with bilinear",
     "unet-buda": "Buda et al. brain-segmentation U-Net: base 32, 4 downs, BN, transposed up; 7.8 M",
-    "unet3d": "MONAI UNet in 3D for volume patches (features, res_units, norm, dropout); not used by 2D training",
+    "unet3d": "MONAI UNet in 3D for volume patches (features, res_units, norm, dropout, deep_supervision); not "
+              "used by 2D training",
     "vgg16-unet": "U-Net with a VGG16 encoder (batch_norm; ImageNet encoder weights from a local file)",
 }
 SPATIAL_DIMS = {name: 3 if name == "unet3d" else 2 for name in _BUILDERS}

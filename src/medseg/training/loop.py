@@ -284,7 +284,7 @@ class Loop:
                 y = y.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     logits = model(x)
-                loss = self.loss_fn(logits.float(), y)
+                loss = self.loss_fn(logits, y)  # in fp32: build_loss's DeepSupervisionLoss casts
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()

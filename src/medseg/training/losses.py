@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-from monai.losses import DiceCELoss, DiceLoss, FocalLoss, TverskyLoss
+from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceLoss, FocalLoss, TverskyLoss
 
 from ..errors import MedsegError
 
@@ -127,7 +127,14 @@ class EmptyPenalty(nn.Module):
 
 
 def build_loss(name: str, empty_weight: float = 0.0, empty_top: float = 0.01, **kwargs) -> nn.Module:
-    """`empty_weight` > 0 adds the image-level penalty of `EmptyPenalty` to a binary loss."""
+    """`empty_weight` > 0 adds the image-level penalty of `EmptyPenalty` to a binary loss. The loss comes
+    wrapped in MONAI's DeepSupervisionLoss, which computes it in fp32: a tensor of logits goes to it as it
+    is; a deeply supervised model's list (models.unet.DeepSupervisedUNet) is weighed 1, 0.5, 0.25, ...
+    against the mask resized (nearest) to each output."""
+    return DeepSupervisionLoss(_build_loss(name, empty_weight, empty_top, **kwargs))
+
+
+def _build_loss(name: str, empty_weight: float, empty_top: float, **kwargs) -> nn.Module:
     if name not in _BUILDERS:
         raise MedsegError(None, f"unknown loss {name!r}; known: {', '.join(sorted(_BUILDERS))}")
     try:
