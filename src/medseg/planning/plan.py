@@ -60,9 +60,10 @@ def _setting(default, doc: str = "", lo=None, hi=None, closed: bool = True, choi
 class Plan:
     # ---- settings. Per-layout defaults, chosen for a 2-core CPU and a ~20 minute budget (docs/architecture.md)
     model: str = _setting("unet", "network (models registry)")
-    # deep_supervision 2 (losses at 1/2 and 1/4 size too, models.unet.DeepSupervisedUNet): pooled 5-fold pairs on
-    # the AMX machine, LGG 45 min 0.814 against 0.806 (+0.008, 95% CI +0.001 to +0.016), BUSI 30 min 0.650 against
-    # 0.619 (+0.031, +0.004 to +0.060; false masks 5 of 24 against 8) for ~12% fewer epochs (docs/results.md)
+    # deep_supervision 2 (losses at 1/2 and 1/4 size too, models.unet.DeepSupervisedUNet), for ~12% fewer epochs:
+    # pooled 5-fold pairs on the AMX machine, BUSI 30 min +0.031 and +0.013 an image (over both +0.022, 95% CI
+    # -0.000 to +0.044, Wilcoxon p 0.03; false masks 11 of 48 against 17), LGG 45 min +0.008 and -0.003 a patient
+    # (over both +0.002, -0.005 to +0.011): better on BUSI, neutral on LGG (docs/results.md)
     model_args: dict = _setting({"features": [16, 32, 64, 128, 256], "res_units": 2, "deep_supervision": 2},
                                 "network constructor args")
     loss: str = _setting("bce+dice", "loss (training.losses registry)")
