@@ -174,3 +174,13 @@ def test_deep_supervision_adds_smaller_outputs_in_training_only():
 def test_deep_supervision_needs_a_level_count_the_net_has(levels):
     with pytest.raises(MedsegError, match="deep_supervision must be 1..2"):
         build_model("unet", 3, 1, features=[8, 16, 32, 64], deep_supervision=levels)
+
+
+def test_a_deep_copy_of_a_deeply_supervised_net_keeps_its_own_outputs():
+    """The EMA (torch's AveragedModel) deep-copies the net: the copy's hooks must fill the copy, not the original."""
+    import copy
+    model = build_model("unet", 3, 1, features=[8, 16, 32, 64], res_units=1, deep_supervision=2)
+    twin = copy.deepcopy(model).train()
+    model.eval()
+    assert [tuple(o.shape[2:]) for o in twin(torch.rand(2, 3, 32, 32))] == [(32, 32), (16, 16), (8, 8)]
+    assert model._features == {}

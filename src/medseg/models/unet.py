@@ -4,6 +4,8 @@ The plan and every checkpoint store the name and these keyword arguments, so the
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 from monai.networks.blocks import Convolution
@@ -62,13 +64,12 @@ class DeepSupervisedUNet(nn.Module):
                                    for i in range(int(levels)))
         self._features: dict[int, torch.Tensor] = {}
         for i, up in enumerate(ups[1:int(levels) + 1]):
-            up.register_forward_hook(self._keeper(i))
+            # a partial of a bound method, not a closure: deepcopy (the EMA's AveragedModel) rebinds it to the copy
+            up.register_forward_hook(functools.partial(self._keep, i))
 
-    def _keeper(self, i: int):
-        def keep(_module, _inputs, output):
-            if self.training:
-                self._features[i] = output
-        return keep
+    def _keep(self, i: int, _module, _inputs, output):
+        if self.training:
+            self._features[i] = output
 
     def forward(self, x: torch.Tensor):
         out = self.unet(x)
