@@ -231,6 +231,7 @@ class BatchDefault(mt.Randomizable):
     like MONAI's) and applied with vectorised torch ops: one affine_grid/grid_sample for the batch."""
 
     batched = True
+    label_mode = "nearest"  # soft_geometry: "bilinear"
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """B x C x H x W float images in [0, 1] and B x 1 x H x W labels -> augmented; writes into x and y
@@ -250,7 +251,7 @@ class BatchDefault(mt.Randomizable):
             idx = torch.from_numpy(moved)
             grid = F.affine_grid(theta, [len(moved), 1, *x.shape[-2:]], align_corners=False)
             x[idx] = F.grid_sample(x[idx], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            y[idx] = F.grid_sample(y[idx], grid, mode="nearest", padding_mode="zeros", align_corners=False)
+            y[idx] = F.grid_sample(y[idx], grid, mode=self.label_mode, padding_mode="zeros", align_corners=False)
 
         def drawn(prob: float, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor]:
             """(indices of the samples the transform hits, their values, shaped k x 1 x 1 x 1)."""
@@ -445,8 +446,24 @@ def tta_flips(name: str) -> tuple[int, ...]:
 
 
 def plan_augmentation(plan):
-    """The training augmentation a plan names, with its channel fill, sequence gamma and intensity rule."""
-    return augmentation(plan.augmentation, plan.channel_fill, plan.channels, plan.sequence_gamma, plan.intensity_norm)
+    """The training augmentation a plan names, with its channel fill, sequence gamma and intensity rule; for a
+    soft_labels run its geometry resamples the labels bilinearly (`soft_geometry`)."""
+    aug = augmentation(plan.augmentation, plan.channel_fill, plan.channels, plan.sequence_gamma, plan.intensity_norm)
+    return soft_geometry(aug) if getattr(plan, "soft_labels", False) else aug
+
+
+def soft_geometry(aug):
+    """The augmentation `aug` with every label resampling that is nearest-neighbour made bilinear: a soft label
+    (each pixel's share inside the mask) rotated or scaled keeps its shares between pixels, where nearest
+    would put them back on the 0/1 staircase. Same random draws; MONAI's transforms take the mode per key, so
+    the label's entry is swapped in place."""
+    for t in getattr(aug, "transforms", ()) or (getattr(aug, "first", aug),):
+        if isinstance(t, BatchDefault):
+            t.label_mode = "bilinear"
+        keys, mode = tuple(getattr(t, "keys", ())), getattr(t, "mode", None)
+        if LABEL in keys and isinstance(mode, tuple) and len(mode) == len(keys) and mode[keys.index(LABEL)] == "nearest":
+            t.mode = tuple("bilinear" if k == LABEL else m for k, m in zip(keys, mode))
+    return aug
 
 
 def augmentation(name: str, fill: dict | None = None, channels: int = 1, sequence_gamma: float = 0.0,

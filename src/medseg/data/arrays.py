@@ -33,7 +33,7 @@ from ..transforms import resize_image, resize_labels, resize_mask
 
 CACHE_VERSION = 1
 PREP_KEYS = ("channels", "image_size", "intensity", "target_values", "keep_aspect", "intensity_norm", "body_mask",
-             "classes")
+             "classes", "soft_labels")
 
 
 @dataclass
@@ -41,13 +41,21 @@ class Arrays:
     images: torch.Tensor  # N x C x S x S uint8 (value / 255 is the [0, 1] intensity)
     masks: torch.Tensor  # N x 1 x S x S uint8 {0, 1}; a multi-class run's: class indices 0..K
     items: list[Item]
+    # soft_labels: N x 1 x S x S uint8, each pixel's share inside the mask at the training size x 255
+    shares: torch.Tensor | None = None
 
     def float_images(self) -> torch.Tensor:
         return self.images.float() / 255
 
+    def targets(self, idx) -> torch.Tensor:
+        """The training targets of samples `idx`, float: the shares in [0, 1] where the arrays have them (a
+        soft_labels run), else the masks."""
+        return self.masks[idx].float() if self.shares is None else self.shares[idx].float() / 255
+
     def subset(self, keep: list[bool]) -> "Arrays":
         idx = torch.tensor([i for i, k in enumerate(keep) if k], dtype=torch.long)
-        return Arrays(self.images[idx], self.masks[idx], [it for it, k in zip(self.items, keep) if k])
+        return Arrays(self.images[idx], self.masks[idx], [it for it, k in zip(self.items, keep) if k],
+                      None if self.shares is None else self.shares[idx])
 
 
 def cache_root() -> Path:
@@ -62,8 +70,8 @@ def prep_of(plan: Plan) -> dict:
 
 def cache_key(items: list[Item], prep: dict) -> str:
     # settings at their value from before they existed leave the key as it was, so those caches stay valid
-    # (a binary run: no "classes"; the body mask of before: "fraction")
-    prep = {k: v for k, v in prep.items() if not (k == "classes" and not v)
+    # (a binary run: no "classes"; the body mask of before: "fraction"; no soft_labels)
+    prep = {k: v for k, v in prep.items() if not (k in ("classes", "soft_labels") and not v)
             and not (k == "body_mask" and v in (None, "fraction"))}
     h = hashlib.sha256(json.dumps({"v": CACHE_VERSION, **prep}, sort_keys=True, default=list).encode())
     for it in items:
@@ -90,14 +98,16 @@ def load_arrays(items: list[Item], prep: dict, label: str = "reading", cache: bo
     exists, else read (with a progress bar) and cached. With a `skipped` list, an item that cannot be read
     is left out and recorded there ({"file", "problem"}) instead of stopping; such a set is not cached."""
     folder = cache_root() / cache_key(items, prep) if cache and items else None
+    soft = bool(prep.get("soft_labels")) and not prep.get("classes")
     if folder is not None and (folder / "done.json").is_file():
-        return Arrays(torch.from_numpy(np.load(folder / "images.npy", mmap_mode="c")),
-                      torch.from_numpy(np.load(folder / "masks.npy", mmap_mode="c")), items)
+        return Arrays(*(torch.from_numpy(np.load(folder / f"{name}.npy", mmap_mode="c")) for name in ("images", "masks")),
+                      items, torch.from_numpy(np.load(folder / "shares.npy", mmap_mode="c")) if soft else None)
     if folder is not None:
         check_output(folder.parent)  # the entry will be written: check the cache folder before reading
     size, keep = prep["image_size"], bool(prep.get("keep_aspect"))
     images = torch.empty((len(items), prep["channels"], size, size), dtype=torch.uint8)
     masks = torch.empty((len(items), 1, size, size), dtype=torch.uint8)
+    shares = torch.empty_like(masks) if soft else None
     good: list[int] = []
     with Progress(transient=True) as bar:
         task = bar.add_task(label, total=len(items))
@@ -109,11 +119,14 @@ def load_arrays(items: list[Item], prep: dict, label: str = "reading", cache: bo
                 img = resize_image(torch.from_numpy(img)[None], size, keep)[0]
                 images[i] = (img * 255).round().clamp(0, 255).to(torch.uint8)
                 masks[i] = _resize_mask(mask, prep, size, keep)
+                if shares is not None:  # the area-weighted mask before resize_mask halves it to 0/1
+                    share = resize_image(torch.from_numpy(mask.astype(np.float32))[None, None], size, keep)[0]
+                    shares[i] = (share * 255).round().clamp(0, 255).to(torch.uint8)
     good.sort()
     if len(good) < len(items):
-        keep_idx = torch.tensor(good, dtype=torch.long)
-        return Arrays(images[keep_idx], masks[keep_idx], [items[i] for i in good])
-    arrays = Arrays(images, masks, items)
+        readable = set(good)
+        return Arrays(images, masks, items, shares).subset([i in readable for i in range(len(items))])
+    arrays = Arrays(images, masks, items, shares)
     if folder is not None:
         _write_cache(folder, arrays, prep)
     return arrays
@@ -193,7 +206,7 @@ def with_neighbours(arrays: Arrays, k: int) -> Arrays:
     idx = torch.tensor(neighbour_index(arrays.items, k), dtype=torch.long).reshape(len(arrays.items), 2 * k + 1)
     images = arrays.images[idx.flatten()].reshape(len(arrays.items), arrays.images.shape[1] * (2 * k + 1),
                                                   *arrays.images.shape[-2:])
-    return Arrays(images, arrays.masks, arrays.items)
+    return Arrays(images, arrays.masks, arrays.items, arrays.shares)
 
 
 def prepare(data: str | Path, layout: str = "auto", target: str | None = None, preset: str | None = None,
@@ -225,6 +238,8 @@ def _write_cache(folder: Path, arrays: Arrays, prep: dict) -> None:
         try:
             np.save(tmp / "images.npy", arrays.images.numpy())
             np.save(tmp / "masks.npy", arrays.masks.numpy())
+            if arrays.shares is not None:
+                np.save(tmp / "shares.npy", arrays.shares.numpy())
             (tmp / "done.json").write_text(json.dumps({**prep, "n": len(arrays.items)}, default=list) + "\n")
             try:
                 os.replace(tmp, folder)

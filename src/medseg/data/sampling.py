@@ -91,12 +91,12 @@ def batches(arrays: Arrays, indices: np.ndarray, batch_size: int, augment) -> It
     if getattr(augment, "batched", False):  # a batch augmenter (transforms.BatchDefault): one call per batch
         for start in range(0, len(indices) - batch_size + 1, batch_size):
             idx = torch.as_tensor(np.asarray(indices[start:start + batch_size]), dtype=torch.long)
-            yield augment(arrays.images[idx].float() / 255, arrays.masks[idx].float())
+            yield augment(arrays.images[idx].float() / 255, arrays.targets(idx))
         return
     for start in range(0, len(indices) - batch_size + 1, batch_size):
         xs, ys = [], []
         for i in indices[start:start + batch_size]:
-            out = augment({IMAGE: arrays.images[i].float() / 255, LABEL: arrays.masks[i].float()})
+            out = augment({IMAGE: arrays.images[i].float() / 255, LABEL: arrays.targets(i)})
             xs.append(torch.as_tensor(out[IMAGE]))
             ys.append(torch.as_tensor(out[LABEL]))
         # plain tensors: MONAI returns MetaTensors, whose dispatch torch.compile's graphs do not take
