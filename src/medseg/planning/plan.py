@@ -73,7 +73,9 @@ class Plan:
     # measured: 7-min LGG runs reached val Dice 0.73 at 128 vs 0.36 at 256 (4x the samples/s)
     image_size: int = _setting(128, "training size (square)", 16, 4096)
     # at 128 px a 0/1 mask loses what lies between pixels: LGG's masks (256 px) halved to 0/1 and resized back
-    # score 0.971 against themselves (per patient, worst 0.941), their area-weighted shares 0.993 (0.983)
+    # score 0.971 against themselves (per patient, worst 0.941), their area-weighted shares 0.993 (0.983). Measured
+    # (pooled 5-fold, side by side, 2026-12-03): LGG -0.005 a patient, BUSI -0.010 an image (7 of 24 false masks
+    # in both arms): not what limits these models, so off by default
     soft_labels: bool = _setting(False, "2D binary runs: train on each pixel's share inside the mask at the "
                                         "training size (area-weighted, geometry resampled bilinearly) instead "
                                         "of the mask halved to 0/1")
