@@ -67,6 +67,17 @@ def busi_real() -> Path:
     return need(BUSI)
 
 
+# the preprocessing settings of an RGB replica's arrays at 32 px (data.arrays.load_arrays)
+LGG_PREP = {"channels": 3, "image_size": 32, "intensity": {"mode": "range"}, "target_values": [], "keep_aspect": False}
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch) -> Path:
+    """$MEDSEG_CACHE in the test's own folder: the cache entries a test writes are its own."""
+    monkeypatch.setenv("MEDSEG_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 def blob(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     return np.hypot(yy - cy, xx - cx) < r

@@ -13,15 +13,9 @@ from medseg.data import arrays as data
 from medseg.adapters import load_dataset
 from medseg.app.cli import main
 
-from conftest import write_lgg_replica
+from conftest import LGG_PREP, write_lgg_replica
 
-PREP = {"channels": 3, "image_size": 32, "intensity": {"mode": "range"}, "target_values": [], "keep_aspect": False}
-
-
-@pytest.fixture
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDSEG_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+PREP = LGG_PREP
 
 
 def test_cache_hit_equals_fresh_read_and_key_follows_files_and_settings(tmp_path, private_cache):

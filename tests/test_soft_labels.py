@@ -18,15 +18,9 @@ from medseg.training import loop as loop_mod
 from medseg.transforms import IMAGE, LABEL, BatchDefault, augmentation, plan_augmentation, soft_geometry
 from runs import train
 
-from conftest import write_lgg_replica
+from conftest import LGG_PREP, write_lgg_replica
 
-PREP = {"channels": 3, "image_size": 32, "intensity": {"mode": "range"}, "target_values": [], "keep_aspect": False}
-
-
-@pytest.fixture
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDSEG_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+PREP = LGG_PREP
 
 
 def test_shares_are_the_area_weighted_mask_and_are_cached_apart(tmp_path, private_cache):
