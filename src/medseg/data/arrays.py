@@ -118,9 +118,11 @@ def load_arrays(items: list[Item], prep: dict, label: str = "reading", cache: bo
                 good.append(i)
                 img = resize_image(torch.from_numpy(img)[None], size, keep)[0]
                 images[i] = (img * 255).round().clamp(0, 255).to(torch.uint8)
-                masks[i] = _resize_mask(mask, prep, size, keep)
-                if shares is not None:  # the area-weighted mask before resize_mask halves it to 0/1
+                if shares is None:
+                    masks[i] = _resize_mask(mask, prep, size, keep)
+                else:  # the area-weighted mask, which resize_mask halves to 0/1: one resize gives both
                     share = resize_image(torch.from_numpy(mask.astype(np.float32))[None, None], size, keep)[0]
+                    masks[i] = (share >= 0.5).to(torch.uint8)
                     shares[i] = (share * 255).round().clamp(0, 255).to(torch.uint8)
     good.sort()
     if len(good) < len(items):
