@@ -93,12 +93,14 @@ def test_a_plans_augmentation_resamples_labels_as_its_soft_labels_say(soft):
 
 
 @pytest.mark.parametrize("changes, dims, problem", [
-    ({"soft_labels": "yes"}, 2, "true or false"),
-    ({"soft_labels": True, "classes": [{"name": "liver", "value": 1}]}, 2, "multi-class"),
-    ({"soft_labels": True}, 3, "3D"),
+    ({"soft_labels": "yes"}, 2, "soft_labels must be true or false"),
+    ({"soft_labels": True, "classes": [{"name": "liver", "value": 1}], "loss": "ce+dice"}, 2,
+     "soft_labels is for binary 2D runs; this run is multi-class"),
+    ({"soft_labels": True, "augmentation": "3d"}, 3, "soft_labels is for binary 2D runs; this run is 3D"),
 ])
 def test_soft_labels_is_for_binary_2d_runs(changes, dims, problem):
     plan = Plan().replace(**changes)
+    plan.replace(soft_labels=False).validate(spatial_dims=dims)  # valid but for soft_labels
     with pytest.raises(MedsegError, match=problem):
         plan.validate(spatial_dims=dims)
 
