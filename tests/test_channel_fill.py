@@ -86,7 +86,7 @@ def test_tta_averages_every_fill_pattern_when_the_run_trained_with_a_fill(fill, 
 
     img = np.random.default_rng(0).random((2, 6, 8, 8)).astype(np.float32)  # 2 neighbours x 3 channels each
     plan = SimpleNamespace(image_size=8, keep_aspect=False, mean=[0.0] * 6, std=[1.0] * 6, augmentation="none",
-                           channel_fill=fill, channels=3)
+                           channel_fill=fill, channels=3, tta_scales=[])
     got = predict_probs(_Contrast(), torch.from_numpy(img.copy()), plan, tta=tta).numpy()
     c0, c1, c2 = img[:, 0], img[:, 1], img[:, 2]
     # expected, by hand: as it is 4 (c0 - c1) + c2; c0 a copy of FLAIR (c1): c2; c2 a copy: 4 (c0 - c1) + c1;

@@ -202,7 +202,8 @@ def test_tta_averages_only_the_flips_the_model_was_trained_with(augmentation, fl
     from medseg.inference.engines import predict_probs
 
     img = np.random.default_rng(0).random((1, 1, 8, 8)).astype(np.float32)
-    plan = SimpleNamespace(image_size=8, keep_aspect=False, mean=[0.0], std=[1.0], augmentation=augmentation, channel_fill=None)
+    plan = SimpleNamespace(image_size=8, keep_aspect=False, mean=[0.0], std=[1.0], augmentation=augmentation, channel_fill=None,
+                           tta_scales=[])
     got = predict_probs(_Ramp(), torch.from_numpy(img), plan, tta=True)[0].numpy()
     # expected, by hand: the model sees the image and each flip of it; each answer is flipped back
     rows, cols = np.arange(8)[:, None], np.arange(8)[None, :]
@@ -214,6 +215,54 @@ def test_tta_averages_only_the_flips_the_model_was_trained_with(augmentation, fl
     if "ud" in flips:
         views.append(sig(x + 0.3 * (7 - rows) + 0.2 * cols))
     np.testing.assert_allclose(got, np.mean(views, 0), atol=1e-6)
+
+
+class _SizeLogit(torch.nn.Module):
+    """Logits = the input's height / 16 everywhere (records each input size): which scales TTA ran shows in
+    the probabilities."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def forward(self, x):
+        self.sizes.append(tuple(x.shape[-2:]))
+        return torch.full((x.shape[0], 1, *x.shape[-2:]), x.shape[-2] / 16)
+
+
+@pytest.mark.parametrize("scales, tta, sizes", [([0.875, 1.125], True, (128, 112, 144)), ([], True, (128,)),
+                                                ([0.875, 1.125], False, (128,)), ([1.0, 1.02], True, (128,))])
+def test_tta_averages_the_plans_scales_each_with_its_flips(scales, tta, sizes):
+    from types import SimpleNamespace
+
+    from medseg.inference.engines import predict_probs
+
+    net = _SizeLogit()
+    plan = SimpleNamespace(image_size=128, keep_aspect=False, mean=[0.0], std=[1.0], augmentation="robust",
+                           channel_fill=None, tta_scales=scales)
+    got = predict_probs(net, torch.rand(2, 1, 100, 90), plan, tta=tta)
+    assert got.shape == (2, 100, 90)
+    # each size once as it is and (tta) once left-right flipped; the mean of the sizes' sigmoids, by hand
+    assert sorted(net.sizes) == sorted([(s, s) for s in sizes for _ in range(2 if tta else 1)])
+    expected = np.mean([1 / (1 + np.exp(-s / 16)) for s in sizes])
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+
+
+def test_tta_sizes_are_multiples_of_16_without_the_training_size():
+    from medseg.inference.engines import tta_sizes
+    assert tta_sizes(128, [0.875, 1.125]) == [112, 144]
+    assert tta_sizes(256, [0.875, 1.125, 0.88]) == [224, 288]  # 0.88 x 256 = 225.3: 224 again, once
+    assert tta_sizes(128, [1.05]) == [] and tta_sizes(128, []) == []
+
+
+def test_a_new_plan_has_scaled_tta_and_an_older_one_keeps_what_it_was_evaluated_with():
+    from medseg.errors import MedsegError
+    from medseg.planning.plan import Plan
+    assert Plan().tta_scales == [0.875, 1.125] and Plan.from_dict({"version": 5}).tta_scales == []
+    assert Plan.from_dict({"version": 6}).tta_scales == [0.875, 1.125]
+    for bad in ([3.0], 0.9, [True], ["a"]):
+        with pytest.raises(MedsegError, match="tta_scales must be"):
+            Plan(tta_scales=bad).validate()
 
 
 def test_a_2d_run_predicts_with_its_flips_by_default(busi_run):

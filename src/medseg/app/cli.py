@@ -83,7 +83,8 @@ def train(data: Optional[Path] = typer.Argument(None, help="Data set folder in i
                  **{k: v for k, v in flags.items() if v is not None})
 
 
-TTA_HELP = ("Average with the flips the model was trained with (left-right; both for the cbis and strong sets) and, "
+TTA_HELP = ("Average with the flips the model was trained with (left-right; both for the cbis and strong sets), "
+            "with the image resized by the run's tta_scales (2D runs since plan version 6: 0.875 and 1.125) and, "
             "for a run trained with a channel fill (LGG), with the image whose other channels are copies of FLAIR. "
             "Default: on for 2D models, off for 3D ones.")
 

@@ -7,11 +7,13 @@ after the batch/slice axis)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
 from ..transforms import fill_views, normalize, resize_image, tta_flips, unfit
 
 OVERLAP = 0.25  # sliding-window overlap between neighbouring patches (MONAI's default is 0.25)
+SIZE_MULTIPLE = 16  # a 2D network's input height and width: multiples of this (its four 2x poolings)
 
 
 def activate(logits: torch.Tensor) -> torch.Tensor:
@@ -75,8 +77,9 @@ def predict_probs(model: torch.nn.Module, images: torch.Tensor, plan: dict, tta:
 
     Images are resized to the plan's training size and normalised as in training; the probabilities
     (not hard masks) are resized back, so thresholding happens at the input's own resolution. With `tta` the
-    probabilities are averaged over the flips the model was trained with and, for a run trained with a channel
-    fill, over the image as it is and its filled views (transforms.tta_fills): each view its flips' passes.
+    probabilities are averaged over the flips the model was trained with, the plan's scales (tta_scales) and,
+    for a run trained with a channel fill, over the image as it is and its filled views (transforms.tta_fills):
+    each view its scales' and flips' passes.
     """
     model.eval()
     out = []
@@ -86,7 +89,7 @@ def predict_probs(model: torch.nn.Module, images: torch.Tensor, plan: dict, tta:
         keep = plan.keep_aspect
         x = resize_image(x, plan.image_size, keep)
         views = fill_views(x, plan) if tta else [x]  # with a channel fill: its patterns, as it trained
-        prob = sum(_flip_averaged(model, _normalized(model, v, plan), plan, tta) for v in views) / len(views)
+        prob = sum(_scale_averaged(model, _normalized(model, v, plan), plan, tta) for v in views) / len(views)
         out.append(squeeze_binary(unfit(prob, (h, w), keep)))
     return torch.cat(out)
 
@@ -95,6 +98,27 @@ def _normalized(model: torch.nn.Module, x: torch.Tensor, plan) -> torch.Tensor:
     if not getattr(model, "includes_normalization", False):  # an ONNX graph normalises inside itself
         x = normalize(x, plan.mean, plan.std)
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def tta_sizes(size: int, scales: list[float]) -> list[int]:
+    """The input sizes of the scaled TTA views: `size` times each factor, to the nearest multiple of
+    SIZE_MULTIPLE; the training size itself and duplicates left out (128 with 0.875, 1.125: 112, 144)."""
+    sizes = {max(SIZE_MULTIPLE, round(size * f / SIZE_MULTIPLE) * SIZE_MULTIPLE) for f in scales}
+    return sorted(sizes - {size})
+
+
+def _scale_averaged(model: torch.nn.Module, x: torch.Tensor, plan, tta: bool) -> torch.Tensor:
+    """_flip_averaged of x and, with tta, of x resized to each of the plan's TTA scales (tta_sizes), their
+    probabilities resized back and averaged. The U-Net is fully convolutional and trained on content scaled
+    by up to +-15%, so a view 0.875 or 1.125 times the size is one it has seen, not a new input. MONAI's
+    TTA utilities invert random transforms one sample at a time; these few fixed views batch as they are."""
+    prob = _flip_averaged(model, x, plan, tta)
+    sizes = tta_sizes(x.shape[-1], plan.tta_scales) if tta and x.shape[-2] == x.shape[-1] else []
+    for s in sizes:
+        view = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+        scaled = _flip_averaged(model, view.contiguous(memory_format=torch.channels_last), plan, tta)
+        prob = prob + F.interpolate(scaled, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return prob / (1 + len(sizes))
 
 
 def _flip_averaged(model: torch.nn.Module, x: torch.Tensor, plan, tta: bool) -> torch.Tensor:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, resolve_run
-from .engines import Normalised  # noqa: F401  (part of this module's interface: tests and benchmarks)
+from .engines import SIZE_MULTIPLE, Normalised  # Normalised: part of this module's interface (tests, benchmarks)
 from ..errors import MedsegError, atomic_path, check_output
 
 
@@ -35,7 +35,7 @@ def export_onnx(run: str | Path, out: str | Path | None = None, opset: int | Non
     size = int(plan.image_size)
     x = torch.rand(2, plan.in_channels, size, size)
     batch, h, w = torch.export.Dim("batch", min=1), torch.export.Dim("h16", min=1), torch.export.Dim("w16", min=1)
-    kwargs = {"dynamo": True, "dynamic_shapes": {"x": {0: batch, 2: 16 * h, 3: 16 * w}},
+    kwargs = {"dynamo": True, "dynamic_shapes": {"x": {0: batch, 2: SIZE_MULTIPLE * h, 3: SIZE_MULTIPLE * w}},
               "input_names": ["image"], "output_names": ["logits"],
               "verbose": False}
     if opset:

@@ -62,7 +62,8 @@ class Predictor:
         """A run's best checkpoint; a cross-validated run (RUN/cv.json): its fold models as one ensemble.
         `tta` None: on for 2D models (left-right flips, as nnU-Net mirrors by default: +0.012 mean Dice on the
         pooled LGG folds, -0.002 on BUSI lesions with 2 fewer false masks of 24 normal images, for twice the
-        forward passes; a run trained with a channel fill also averages its filled views, transforms.tta_fills),
+        forward passes; with the plan's tta_scales, engines.tta_sizes, 3x that; a run trained with a channel fill
+        also averages its filled views, transforms.tta_fills),
         off for 3D ones (three sliding-window passes over a whole volume on a CPU)."""
         folds = fold_runs(run)
         if folds is not None:
