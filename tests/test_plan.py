@@ -113,6 +113,16 @@ def test_busi_trains_the_dice_term_per_image_unless_a_preset_or_another_loss_say
     assert make_plan(ds).loss_args == per_image
 
 
+def test_kaggle_3m_draws_more_lesion_slices_than_other_layouts_unless_told(tmp_path):
+    """LGG's layout default is lesion_fraction 0.7 (measured: docs/results.md, "More lesion slices"); BUSI keeps
+    0.5, and a user's setting wins."""
+    lgg = load_dataset(write_lgg_replica(tmp_path / "k", patients=3, slices=2))
+    assert make_plan(lgg, 0.34, 0).lesion_fraction == 0.7
+    assert make_plan(lgg, 0.34, 0, settings={"lesion_fraction": 0.5}).lesion_fraction == 0.5
+    busi = load_dataset(write_busi_replica(tmp_path / "b", per_class=3))
+    assert make_plan(busi, 0.34, 0).lesion_fraction == 0.5
+
+
 def test_the_plans_choices_name_exactly_the_implemented_rules():
     """plan.py lists its choices itself (it imports nothing but the standard library, so `medseg --help` starts
     without numpy); each list must name what the implementing module provides, no more and no less."""
