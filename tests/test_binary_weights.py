@@ -45,8 +45,9 @@ def test_fixed_seed_binary_run_gives_the_recorded_weights(tmp_path):
     # channel_fill off: LGG runs train with FLAIR copies since 71c325a, after the hash was recorded; ema_buffers
     # off: the averaged weights' BatchNorm statistics are averaged too since plan version 4; intensity_norm case:
     # LGG cases are scaled by their median by default since 2026-12-02, over a log-Otsu body mask and with the
-    # anchored contrast step since a later session that day
+    # anchored contrast step since a later session that day; lesion_fraction 0.5: LGG draws 70% among lesion
+    # slices since 2026-12-03
     train(data, tmp_path / "run", epochs=2, seed=0,
           settings={**TINY, "channel_fill": None, "ema_buffers": False, "intensity_norm": "case",
-                    "body_mask": "fraction", "augmentation": "robust"}, threads=1, **KW)
+                    "body_mask": "fraction", "augmentation": "robust", "lesion_fraction": 0.5}, threads=1, **KW)
     assert weights_hash(tmp_path / "run" / "last" / "model.safetensors") in RECORDED[version]
