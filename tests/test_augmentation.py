@@ -197,3 +197,25 @@ def test_the_mri_set_never_offsets_an_image_the_anchored_set_does():
 
     assert np.abs(medians("mri")).max() < 0.01
     assert (np.abs(medians("anchored")) > 0.01).sum() >= 10
+
+
+@pytest.mark.parametrize("name, elastic", [("robust", False), ("elastic", True)])
+def test_elastic_set_deforms_beyond_any_affine_map(name, elastic):
+    """The "elastic" set's geometry bends the image: moved pixel coordinates that no affine map reproduces
+    (least-squares residual), where the robust set's rotation and scaling leave none."""
+    aug = augmentation(name)
+    (geo,) = [t for t in aug.transforms if isinstance(t, (mt.RandAffined, mt.Rand2DElasticd))]
+    geo.prob = 1.0
+    geo.set_random_state(seed=0)
+    size = 96
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
+    inner = (slice(24, -24), slice(24, -24))  # away from the zero padding the border pulls in
+    design = torch.stack([yy[inner].flatten(), xx[inner].flatten(), torch.ones_like(xx[inner].flatten())], 1)
+    residuals = []
+    for _ in range(5):
+        out = geo({IMAGE: torch.stack([yy, xx]), LABEL: torch.zeros(1, size, size)})
+        moved = torch.as_tensor(out[IMAGE])[(slice(None), *inner)].reshape(2, -1).T  # where each pixel came from
+        fit = torch.linalg.lstsq(design, moved).solution
+        residuals.append(float((design @ fit - moved).norm(dim=1).mean()))
+    assert (min(residuals) > 0.3) == elastic, residuals
