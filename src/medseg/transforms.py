@@ -422,9 +422,9 @@ class _Then(mt.Randomizable):
         return x, y
 
 
-_AUGMENTATION_SETS = {"none": list, "default": _default, "robust": _robust, "anchored": _anchored, "mri": _mri, "flips": lambda: [_flip(1)], "busi": _busi, "lgg": _lgg,
-                      "liver-ct": _liver_ct, "cbis": _cbis, "strong": _strong, "wide": _wide, "elastic": _elastic, "3d": _volume,
-                      "fast": None}
+_AUGMENTATION_SETS = {"none": list, "default": _default, "robust": _robust, "anchored": _anchored, "mri": _mri,
+                      "flips": lambda: [_flip(1)], "busi": _busi, "lgg": _lgg, "liver-ct": _liver_ct, "cbis": _cbis,
+                      "strong": _strong, "wide": _wide, "elastic": _elastic, "3d": _volume, "fast": None}
 # One line each for `medseg presets`. Geometry moves image and label together (labels by nearest neighbour);
 # intensity changes touch the image only.
 AUGMENTATIONS: dict[str, str] = {
