@@ -199,9 +199,10 @@ def test_the_mri_set_never_offsets_an_image_the_anchored_set_does():
     assert (np.abs(medians("anchored")) > 0.01).sum() >= 10
 
 
-@pytest.mark.parametrize("name, elastic", [("robust", False), ("elastic", True)])
+@pytest.mark.parametrize("name, elastic", [("robust", False), ("elastic", True), ("anchored", False),
+                                           ("anchored-elastic", True)])
 def test_elastic_set_deforms_beyond_any_affine_map(name, elastic):
-    """The "elastic" set's geometry bends the image: moved pixel coordinates that no affine map reproduces
+    """The elastic sets' geometry bends the image: moved pixel coordinates that no affine map reproduces
     (least-squares residual), where the robust set's rotation and scaling leave none."""
     aug = augmentation(name)
     (geo,) = [t for t in aug.transforms if isinstance(t, (mt.RandAffined, mt.Rand2DElasticd))]

@@ -153,17 +153,27 @@ def _mri(anchor: float = 1.0) -> list:
     return [t for t in _anchored(anchor) if not isinstance(t, mt.RandShiftIntensityd)]
 
 
-def _elastic() -> list:
-    """The "robust" set with its affine step made elastic: the same rotation and scale, plus a smooth random
-    deformation (random offsets of 1-3 px at control points 32 px apart), in one resampling (MONAI's
-    Rand2DElastic takes the affine ranges too). Pixels move 2-3.5 px on average at 128 px; part of that is
-    MONAI's own: its bicubic upsampling of the control grid (PyTorch's a=-0.75 kernel does not reproduce a
-    linear ramp) bends even a zero-offset grid by up to +-1.5 px with a 32 px period. Soft tissue deforms; a
-    rigid map does not. Measured on BUSI in docs/results.md ("Elastic augmentation")."""
+def _made_elastic(sets: list) -> list:
+    """`sets` with its affine step made elastic: the same rotation and scale, plus a smooth random deformation
+    (random offsets of 1-3 px at control points 32 px apart), in one resampling (MONAI's Rand2DElastic takes the
+    affine ranges too). Pixels move 2-3.5 px on average at 128 px; part of that is MONAI's own: its bicubic
+    upsampling of the control grid (PyTorch's a=-0.75 kernel does not reproduce a linear ramp) bends even a
+    zero-offset grid by up to +-1.5 px with a 32 px period. Soft tissue deforms; a rigid map does not."""
     return [mt.Rand2DElasticd(keys=[IMAGE, LABEL], spacing=(32, 32), magnitude_range=(1, 3), prob=0.7,
                               rotate_range=np.pi / 12, scale_range=0.15, mode=("bilinear", "nearest"),
                               padding_mode="zeros")
-            if isinstance(t, mt.RandAffined) else t for t in _robust()]
+            if isinstance(t, mt.RandAffined) else t for t in sets]
+
+
+def _elastic() -> list:
+    """The "robust" set made elastic (`_made_elastic`). Measured on BUSI in docs/results.md ("Elastic
+    augmentation")."""
+    return _made_elastic(_robust())
+
+
+def _anchored_elastic(anchor: float = 1.0) -> list:
+    """The "anchored" set (LGG's default) made elastic (`_made_elastic`)."""
+    return _made_elastic(_anchored(anchor))
 
 
 def _busi() -> list:
@@ -424,7 +434,8 @@ class _Then(mt.Randomizable):
 
 _AUGMENTATION_SETS = {"none": list, "default": _default, "robust": _robust, "anchored": _anchored, "mri": _mri,
                       "flips": lambda: [_flip(1)], "busi": _busi, "lgg": _lgg, "liver-ct": _liver_ct, "cbis": _cbis,
-                      "strong": _strong, "wide": _wide, "elastic": _elastic, "3d": _volume, "fast": None}
+                      "strong": _strong, "wide": _wide, "elastic": _elastic, "anchored-elastic": _anchored_elastic,
+                      "3d": _volume, "fast": None}
 # One line each for `medseg presets`. Geometry moves image and label together (labels by nearest neighbour);
 # intensity changes touch the image only.
 AUGMENTATIONS: dict[str, str] = {
@@ -440,6 +451,7 @@ AUGMENTATIONS: dict[str, str] = {
     "cbis": "left-right and up-down flips, brightness +-20%, as the mammography tutorial",
     "strong": "flips, rotation +-30 deg, scale +-20%, elastic, brightness/contrast/gamma, noise, blur",
     "elastic": "the robust set with its rotation and scaling made elastic (a smooth 2-3 px deformation)",
+    "anchored-elastic": "the anchored set with its rotation and scaling made elastic",
     "wide": "left-right flip, rotation +-25 deg, scale 0.7-1.3, low resolution, blur, brightness/gamma 0.5-2, noise",
     "3d": "3D patches: flips on all axes, in-plane 90 deg turns, brightness/shift/gamma, light noise",
     "fast": "the default set's transforms and ranges, applied to whole batches with vectorised torch ops",
@@ -486,7 +498,7 @@ def augmentation(name: str, fill: dict | None = None, channels: int = 1, sequenc
     `sequence_gamma` (a probability; the plan's) adds RandSequenceGamma, then `fill` ({"source": c, "prob": p},
     the plan's channel_fill) RandFillChannels last, both over blocks of `channels` channels; the set's own
     transforms keep their random streams, and so does the fill where sequence_gamma is 0. `intensity_norm` (the
-    plan's rule) places the "anchored" and "mri" sets' gamma; the other sets ignore it."""
+    plan's rule) places the "anchored", "mri" and "anchored-elastic" sets' gamma; the other sets ignore it."""
     from .errors import MedsegError
 
     if name not in _AUGMENTATION_SETS:
@@ -495,6 +507,6 @@ def augmentation(name: str, fill: dict | None = None, channels: int = 1, sequenc
         [RandFillChannels(fill["source"], channels, fill["prob"])] if fill and fill.get("prob") else [])
     if name == "fast":
         return _Then(BatchDefault(), *extras) if extras else BatchDefault()
-    if name in ("anchored", "mri"):  # the value the plan's rule puts a case's reference statistic at; 1 without one
+    if name in ("anchored", "mri", "anchored-elastic"):  # the value the plan's rule puts a case's statistic at
         return mt.Compose(_AUGMENTATION_SETS[name](RULES.get(intensity_norm, (None, 1.0))[1]) + extras)
     return mt.Compose(_AUGMENTATION_SETS[name]() + extras)
