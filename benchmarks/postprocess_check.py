@@ -5,8 +5,8 @@ computed once, then
 1. a fallback for images left empty: where the mask at the run's threshold is empty, keep the largest component
    above a lower threshold t2; lesion Dice and normal images with a false mask for each t2;
 2. whether the post-processing sweep's selection rule generalises: choose a setting on a random half of the
-   images, score the other half (200 halves), for medseg's rule (evaluation.evaluate._choose: the best mean over
-   all cases among settings that lower no case by more than MAX_CASE_LOSS, kept if it gains MIN_GAIN), the best
+   images, score the other half (200 halves), for medseg's rule (evaluation.evaluate._choose itself: the best mean
+   over all cases among settings that lower no case by more than MAX_CASE_LOSS, kept if it gains MIN_GAIN), the best
    mean without the per-case limit, and the best mean kept only where a one-sided 95% bootstrap bound on its
    gain is above 0.
 
@@ -18,6 +18,7 @@ docs/results.md ("Lesion images left without a mask") reports its figures for tw
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ import torch
 from medseg.adapters import load_dataset
 from medseg.data.arrays import prep_of, read_item
 from medseg.evaluation import metrics
-from medseg.evaluation.evaluate import CANDIDATES, MAX_CASE_LOSS, MIN_GAIN, _select_items
+from medseg.evaluation.evaluate import CANDIDATES, MIN_GAIN, _choose, _select_items
 from medseg.inference import postprocess
 from medseg.inference.checkpoint import fold_runs
 from medseg.inference.predictor import Predictor
@@ -72,22 +73,20 @@ def fallback_rows(probs, gts, current: dict) -> list[dict]:
     return rows
 
 
-def _rule_medseg(table: np.ndarray, idx: np.ndarray, cur: int, rng) -> int:
-    mean = table[:, idx].mean(1)
-    worst = (table[cur, idx][None] - table[:, idx]).max(1)
-    safe = [k for k in range(len(table)) if worst[k] <= MAX_CASE_LOSS] or [cur]
-    top = max(safe, key=lambda k: mean[k])
-    return top if mean[top] >= mean[cur] + MIN_GAIN else cur
+def _rule_medseg(scored: list[dict], table: np.ndarray, idx: np.ndarray, cur: int, candidates, rng) -> int:
+    """medseg's own rule, evaluate._choose itself, on the chosen half's confusion counts."""
+    chosen, _ = _choose([scored[i] for i in idx], candidates, candidates[cur])
+    return candidates.index(chosen)
 
 
-def _rule_mean(table: np.ndarray, idx: np.ndarray, cur: int, rng) -> int:
+def _rule_mean(scored: list[dict], table: np.ndarray, idx: np.ndarray, cur: int, candidates, rng) -> int:
     mean = table[:, idx].mean(1)
     top = int(np.argmax(mean))
     return top if mean[top] >= mean[cur] + MIN_GAIN else cur
 
 
-def _rule_bootstrap(table: np.ndarray, idx: np.ndarray, cur: int, rng) -> int:
-    top = _rule_mean(table, idx, cur, rng)
+def _rule_bootstrap(scored: list[dict], table: np.ndarray, idx: np.ndarray, cur: int, candidates, rng) -> int:
+    top = _rule_mean(scored, table, idx, cur, candidates, rng)
     gain = table[top, idx] - table[cur, idx]
     boots = [gain[rng.integers(0, len(gain), len(gain))].mean() for _ in range(500)]
     return top if top != cur and np.percentile(boots, 5) > 0 else cur
@@ -99,7 +98,10 @@ RULES = {"medseg's rule": _rule_medseg, "best mean": _rule_mean, "best mean, boo
 def rule_rows(probs, gts, current: dict) -> list[dict]:
     candidates = CANDIDATES if current in CANDIDATES else [current, *CANDIDATES]
     cur = candidates.index(current)
-    table = np.array([[dice(postprocess.apply(p, s), g) for p, g in zip(probs, gts)] for s in candidates])
+    keys = [json.dumps(s, sort_keys=True) for s in candidates]  # evaluate's per_setting keys
+    counts = [[metrics.counts(postprocess.apply(p, s).astype(bool), g) for s in candidates] for p, g in zip(probs, gts)]
+    scored = [{"per_setting": dict(zip(keys, row))} for row in counts]
+    table = np.array([[metrics.scores(row[k])["dice"] for row in counts] for k in range(len(candidates))])
     lesion = np.array([g.any() for g in gts])
     rng = np.random.default_rng(0)
     out = {name: [] for name in RULES}
@@ -107,7 +109,7 @@ def rule_rows(probs, gts, current: dict) -> list[dict]:
         perm = rng.permutation(len(gts))
         choose, score = perm[: len(gts) // 2], perm[len(gts) // 2:]
         for name, rule in RULES.items():
-            k = rule(table, choose, cur, rng)
+            k = rule(scored, table, choose, cur, candidates, rng)
             les, nor = score[lesion[score]], score[~lesion[score]]
             out[name].append((table[k, score].mean(), table[k, les].mean(), (table[k, nor] < 1).mean(), k != cur))
     return [{"rule": name, "held_out_all": float(np.mean([r[0] for r in rs])),
