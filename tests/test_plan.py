@@ -123,6 +123,16 @@ def test_kaggle_3m_draws_more_lesion_slices_than_other_layouts_unless_told(tmp_p
     assert make_plan(busi, 0.34, 0).lesion_fraction == 0.5
 
 
+def test_kaggle_3m_trains_in_batches_of_8_unless_told(tmp_path):
+    """LGG's layout default batch is 8 (measured: docs/results.md, "Changes measured side by side"); BUSI keeps 16,
+    and a user's setting or flag wins."""
+    lgg = load_dataset(write_lgg_replica(tmp_path / "k", patients=3, slices=2))
+    assert make_plan(lgg, 0.34, 0).batch_size == 8
+    assert make_plan(lgg, 0.34, 0, settings={"batch_size": 16}).batch_size == 16
+    busi = load_dataset(write_busi_replica(tmp_path / "b", per_class=3))
+    assert make_plan(busi, 0.34, 0).batch_size == 16
+
+
 def test_the_plans_choices_name_exactly_the_implemented_rules():
     """plan.py lists its choices itself (it imports nothing but the standard library, so `medseg --help` starts
     without numpy); each list must name what the implementing module provides, no more and no less."""

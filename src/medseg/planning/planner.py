@@ -34,9 +34,14 @@ from .split import split_patients
 # elsewhere 0.5; 36% of its dev slices show one, so 81% of the draws against 68%): its misses are under-segmented
 # lesions (recall 0.2-0.5 at precision 0.9), and two pooled 5-fold pairs scored +0.020 and +0.002 a patient
 # (over both +0.011, 95% CI +0.003 to +0.020, 41 of 60 better; docs/results.md, "More lesion slices").
+# kaggle_3m trains in batches of 8 (16 elsewhere): on a 2-core AVX2 CPU its 45-minute cross-validation gets only
+# 10-20 epochs a fold, and twice the optimizer steps for the same images a second scored two pooled 5-fold pairs
+# +0.003 and +0.052 a patient (over both +0.028, 95% CI +0.015 to +0.042, 24 of 30 better; batch 32 lost 0.04-0.14
+# on its first two folds; docs/results.md, "Changes measured side by side"). BUSI measured batch 8 at -0.014.
 LAYOUT_DEFAULTS: dict[str, dict] = {
     "lgg": {"channel_fill": {"source": CHANNEL_NAMES["lgg"].index("FLAIR"), "prob": 0.15},
-            "intensity_norm": "median", "body_mask": "log-otsu", "augmentation": "anchored", "lesion_fraction": 0.7},
+            "intensity_norm": "median", "body_mask": "log-otsu", "augmentation": "anchored", "lesion_fraction": 0.7,
+            "batch_size": 8},
     "busi": {"loss_args": {"batch": False, "smooth_nr": 1.0, "smooth_dr": 1.0}},
 }
 
