@@ -72,7 +72,8 @@ def reference(data: str, seconds: float, warmup: int) -> tuple[float, float]:
     return _steady(times, warmup, bs), seen / (time.perf_counter() - t0)
 
 
-def medseg_loop(data: str, seconds: float, warmup: int, settings: dict) -> tuple[float, float, float]:
+def medseg_loop(data: str, seconds: float, warmup: int, settings: dict,
+                threads: int | None = None) -> tuple[float, float, float]:
     from medseg.training.command import Options, train_folder
 
     times: list[tuple[float, int]] = []
@@ -83,7 +84,7 @@ def medseg_loop(data: str, seconds: float, warmup: int, settings: dict) -> tuple
 
     with tempfile.TemporaryDirectory() as tmp:
         out = train_folder(data, Path(tmp) / "run", time_budget_s=seconds, settings=settings,
-                           options=Options(quiet=True, callback=on))
+                           options=Options(quiet=True, threads=threads, callback=on))
         batch = json.loads((Path(tmp) / "run" / "plan.json").read_text())["batch_size"]
     return _steady(times, warmup, batch), out["samples_per_s"], out["data_wait_share"]
 

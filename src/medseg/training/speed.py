@@ -15,6 +15,9 @@ from ..version import cpu_field
 # nearly idle, 2 threads 48-70 vs 1 thread 37; with one other busy process, 2 threads 4-7 vs 1 thread 30-40
 # (OpenMP threads spin-wait for the busy core; at 32 px 0.4-1.4 vs 45-59). One thread never collapses, so it is
 # the default; `--threads 2` on a machine of one's own. The count is saved in the plan: a resume keeps it.
+# Re-measured 2026-12-04 (benchmarks.threads, LGG dev, AMD EPYC 2 cores, docs/benchmarks.md "threads"): 2 threads
+# 1.24x alone, 0.26x of 1 thread two trainings at once; OMP_WAIT_POLICY=PASSIVE 0.76x alone (inference 0.59x),
+# GOMP_SPINCOUNT=3000 1.04x alone and 0.72x two at once: none wins both, so 1 thread stays.
 DEFAULT_THREADS = 1
 # torch.compile (inductor) of the training step ("compile": "auto", the default, for 2D runs with a budget
 # of at least COMPILE_MIN_BUDGET_S in one process; true forces it). benchmarks.train_loop (LGG dev, default
