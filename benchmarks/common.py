@@ -19,10 +19,11 @@ def machine() -> dict:
             "threads": torch.get_num_threads()}
 
 
-def header(threads: int) -> str:
-    """The line every table starts with: this machine, the thread count, torch, the date."""
+def header(threads: int | str) -> str:
+    """The line every table starts with: this machine, the thread count (or a word on it), torch, the date."""
     m = machine()
-    return f"\n{m['cpu']} ({m['cores']} cores), {threads} thread(s), torch {m['torch']}, {m['date']}"
+    count = f"{threads} thread(s)" if isinstance(threads, int) else threads
+    return f"\n{m['cpu']} ({m['cores']} cores), {count}, torch {m['torch']}, {m['date']}"
 
 
 def record(name: str, payload: dict) -> None:

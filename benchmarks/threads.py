@@ -93,7 +93,7 @@ def main() -> None:
         print(f"  measured {name}: alone {rows[-1]['alone']}, two at once {rows[-1]['two_at_once']}")
     infer = {r["variant"]: _spawn(args, "infer", 0, r["omp_env"], 1)[0] for r in rows}
     ref = rows[0]["alone"]
-    print(header(0) + " (threads per variant below)")
+    print(header("threads per variant below"))
     print(f"LGG dev, default plan, torch.compile, {args.seconds:.0f} s per training; training samples/s, steady")
     print(f"{'variant':48} {'alone':>6} {'x dflt':>6} {'two at once (each)':>19}")
     for r in rows:
