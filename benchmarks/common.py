@@ -3,12 +3,23 @@ one JSON line to benchmarks/results/<name>.jsonl. Figures are measured in the ru
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 LGG_DEV = Path(__file__).resolve().parents[1].parent / "shared/data/lgg-kaggle_3m-dev/kaggle_3m"
+
+
+def variant_parser(seconds: float, reference: str) -> argparse.ArgumentParser:
+    """The options every variant-against-reference training benchmark takes (train_loop, threads)."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(LGG_DEV))
+    ap.add_argument("--seconds", type=float, default=seconds)
+    ap.add_argument("--warmup", type=int, default=15)
+    ap.add_argument("--only", nargs="*", help=f"run only these variant numbers (1-based), besides {reference}")
+    return ap
 
 
 def machine() -> dict:

@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .common import LGG_DEV, header, rate, record
+from .common import header, rate, record, variant_parser
 
 VARIANTS = {  # name -> (threads, OpenMP environment; {} = OpenMP's defaults)
     "1 thread + prefetch, OMP default (medseg default)": (1, {}),
@@ -70,11 +70,7 @@ def _spawn(args, what: str, threads: int, omp: dict, copies: int) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(LGG_DEV))
-    ap.add_argument("--seconds", type=float, default=100)
-    ap.add_argument("--warmup", type=int, default=15)
-    ap.add_argument("--only", nargs="*", help="run only these variant numbers (1-based), besides the first")
+    ap = variant_parser(100, "the first")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--what", default="train", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)

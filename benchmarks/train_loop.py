@@ -16,7 +16,6 @@ what the prefetch thread uses: run it on an otherwise idle machine.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import LGG_DEV, default_training_arrays, header, record
+from .common import default_training_arrays, header, record, variant_parser
 
 VARIANTS = {  # name -> settings for train()
     "medseg eager, augmentation inline (old default)": {"prefetch": False, "compile": False},
@@ -90,11 +89,7 @@ def medseg_loop(data: str, seconds: float, warmup: int, settings: dict,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(LGG_DEV))
-    ap.add_argument("--seconds", type=float, default=90)
-    ap.add_argument("--warmup", type=int, default=15)
-    ap.add_argument("--only", nargs="*", help="run only these variant numbers (1-based), besides the reference")
+    ap = variant_parser(90, "the reference")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
