@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from medseg import postprocess  # noqa: E402
+from medseg.inference import postprocess  # noqa: E402
 from medseg.adapters import load_dataset  # noqa: E402
 from medseg.data.arrays import prep_of, read_item  # noqa: E402
 from medseg.io.images import overlay  # noqa: E402
@@ -67,7 +67,7 @@ def cases(run: Path, out: Path) -> None:
         ax.axis("off")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.text(0.5, 0.02, "ground truth outlined green, prediction red", ha="center", fontsize=8)
-    fig.savefig(out)
+    fig.savefig(out, bbox_inches="tight", pad_inches=0.08)  # the two-line titles otherwise lose their top line
     plt.close(fig)
 
 
