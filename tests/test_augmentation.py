@@ -220,3 +220,26 @@ def test_elastic_set_deforms_beyond_any_affine_map(name, elastic):
         fit = torch.linalg.lstsq(design, moved).solution
         residuals.append(float((design @ fit - moved).norm(dim=1).mean()))
     assert (min(residuals) > 0.3) == elastic, residuals
+
+
+def test_coarse_batches_keep_what_the_masks_mean():
+    """The coarse start's batch resize (training.loop, `coarse_share`): images shrink smoothly (as the cache
+    shrinks them: antialiased); a 0/1 mask stays 0/1 and a label map keeps its class values; soft labels keep
+    fractional shares; a batch already at the size is returned as it is."""
+    from medseg.transforms import coarse_batch
+    x = torch.full((2, 3, 8, 8), 5.0)
+    x[:, :, :, 4:] = 1.0
+    labels = torch.zeros(2, 1, 8, 8)
+    labels[:, :, :4, :4], labels[:, :, 4:, 4:] = 1, 2
+    xs, ys = coarse_batch(x, labels, 4, n_classes=2)
+    assert xs.shape == (2, 3, 4, 4) and ys.shape == (2, 1, 4, 4)
+    assert ys[0, 0].tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 2, 2], [0, 0, 2, 2]]
+    assert xs[..., 0].eq(5).all() and xs[..., 3].eq(1).all() and ((xs[..., 1] > 1) & (xs[..., 1] < 5)).all()
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 1:4, 1:4] = 1
+    _, m = coarse_batch(torch.zeros(1, 1, 8, 8), mask, 4, n_classes=0)
+    _, soft = coarse_batch(torch.zeros(1, 1, 8, 8), mask, 4, n_classes=0, soft=True)
+    assert set(m.unique().tolist()) == {0.0, 1.0} and m[0, 0, 1, 1] == 1 and m[0, 0, 3, 3] == 0
+    assert ((soft > 0.05) & (soft < 0.95)).any() and soft.min() >= 0 and soft.max() <= 1
+    same = coarse_batch(x, labels, 8, n_classes=2)
+    assert same[0] is x and same[1] is labels

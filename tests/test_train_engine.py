@@ -508,3 +508,23 @@ def test_deep_supervision_trains_its_heads_and_predicts_as_a_plain_unet(tmp_path
     prob = predictor.probabilities_batch(np.random.default_rng(0).random((1, predictor.plan.in_channels, 32, 32),
                                                                           dtype=np.float32))
     assert prob.shape == (1, 32, 32)
+
+
+def test_the_coarse_start_trains_its_share_of_the_run_at_the_coarse_size(tmp_path, lgg, monkeypatch):
+    """coarse_share 0.5 of a 4-epoch run (progressive resizing): the steps of epochs 1-2 see 16x16 batches,
+    images and masks alike and the masks still 0/1; those of epochs 3-4 the full 32x32."""
+    steps, real_loss = [], loop_mod.build_loss
+
+    def spy_loss(*a, **k):
+        loss = real_loss(*a, **k)
+
+        def record(module, args):
+            logits, y = args
+            steps.append((tuple(logits.shape[-2:]), tuple(y.shape[-2:]), set(y.unique().tolist()) <= {0.0, 1.0}))
+        loss.register_forward_pre_hook(record)
+        return loss
+
+    monkeypatch.setattr(loop_mod, "build_loss", spy_loss)
+    train(lgg, tmp_path / "run", epochs=4, settings={**TINY, "coarse_share": 0.5, "coarse_size": 16}, **KW)
+    assert len(steps) == 64 and all(ok for *_, ok in steps)
+    assert [s[:2] for s in steps] == [((16, 16), (16, 16))] * 32 + [((32, 32), (32, 32))] * 32

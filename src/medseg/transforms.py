@@ -55,6 +55,20 @@ def resize_labels(labels: torch.Tensor, size: int, n_classes: int, keep_aspect: 
     return resize_image(onehot, size, keep_aspect).argmax(1, keepdim=True).to(labels.dtype)
 
 
+def coarse_batch(x: torch.Tensor, y: torch.Tensor, size: int, n_classes: int, soft: bool = False):
+    """A 2D training batch shrunk to size x size for the coarse start of progressive resizing (the plan's
+    `coarse_share`): a step there costs about (size / image_size)^2 as much, and the fully convolutional
+    U-Net's weights carry over to the full size. Images as `resize_image`, masks as the cache made them
+    (`resize_mask`, `resize_labels`; soft labels keep their shares). MONAI has no batch-level resize."""
+    if x.shape[-2:] == (size, size):
+        return x, y
+    if n_classes:
+        y = resize_labels(y, size, n_classes)
+    else:
+        y = resize_image(y.float(), size) if soft else resize_mask(y, size)
+    return resize_image(x, size), y
+
+
 def unfit(probs: torch.Tensor, hw: tuple[int, int], keep_aspect: bool = False) -> torch.Tensor:
     """Bx1xSxS probabilities in the training frame -> Bx1xHxW at the original image size."""
     h, w = fitted_shape(hw, probs.shape[-1], keep_aspect)

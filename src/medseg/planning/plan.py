@@ -86,6 +86,10 @@ class Plan:
     soft_labels: bool = _setting(False, "2D binary runs: train on each pixel's share inside the mask at the "
                                         "training size (area-weighted, geometry resampled bilinearly) instead "
                                         "of the mask halved to 0/1")
+    coarse_share: float = _setting(0.0, "2D runs: the share of the run (time or epochs) trained on batches shrunk "
+                                        "to coarse_size (progressive resizing: more steps in the budget; 0: off)",
+                                   0, 1)
+    coarse_size: int = _setting(96, "the coarse start's training size (a multiple of 16)", 16, 4096)
     batch_size: int = _setting(16, "batch size", 1)
     lr: float = _setting(2e-3, "peak learning rate", 0, closed=False)
     weight_decay: float = _setting(1e-4, "weight decay", 0)

@@ -31,7 +31,7 @@ from ..errors import MedsegError
 from ..models import SPATIAL_DIMS, build_model
 from ..models.weights import load_encoder_weights
 from ..planning.plan import Plan
-from ..transforms import normalize, plan_augmentation
+from ..transforms import coarse_batch, normalize, plan_augmentation
 from .callbacks import Callback, Interrupt, console
 from .dist import Dist
 from .ema import Ema
@@ -234,7 +234,9 @@ class Loop:
         if d.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             return torch.nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
-        return torch.compile(self.module) if compiles(self.plan) else self.module
+        # dynamic=False: the coarse start (plan.coarse_share) changes the batches' image size once:
+        # a static graph per size, not one generic graph for both
+        return torch.compile(self.module, dynamic=False) if compiles(self.plan) else self.module
 
     def _epoch(self, model: torch.nn.Module) -> None:
         d = self.d
@@ -280,7 +282,10 @@ class Loop:
             for x, y in stream:
                 self.data_wait += time.perf_counter() - ready
                 self.lr_now = self.schedule.apply(self.opt, plan.lr, prog)
-                x = normalize(x, plan.mean, plan.std).to(device, non_blocking=True).contiguous(memory_format=self.fmt)
+                x = normalize(x, plan.mean, plan.std)
+                if not self.three_d and prog < plan.coarse_share:
+                    x, y = coarse_batch(x, y, plan.coarse_size, len(plan.classes), plan.soft_labels)
+                x = x.to(device, non_blocking=True).contiguous(memory_format=self.fmt)
                 y = y.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     logits = model(x)
