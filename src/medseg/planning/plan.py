@@ -86,6 +86,10 @@ class Plan:
     soft_labels: bool = _setting(False, "2D binary runs: train on each pixel's share inside the mask at the "
                                         "training size (area-weighted, geometry resampled bilinearly) instead "
                                         "of the mask halved to 0/1")
+    # measured (pooled 5-fold, each alone, 2026-12-05, AVX2 EPYC): 0.5 at 96 px gave 1.4x the samples a second
+    # in its first half and 15-30% more epochs, LGG -0.005 a patient (-0.022 to +0.011) against the night
+    # before's run, BUSI +0.006 an image (-0.015 to +0.028; 4 of 24 false masks either way) against a run just
+    # before it (docs/results.md): no gain, so off by default
     coarse_share: float = _setting(0.0, "2D runs: the share of the run (time or epochs) trained on batches shrunk "
                                         "to coarse_size (progressive resizing: more steps in the budget; 0: off)",
                                    0, 1)
