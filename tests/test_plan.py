@@ -97,6 +97,13 @@ def test_plan_versions_and_keys(tmp_path):
         plan.replace(sampling="often").validate()
     with pytest.raises(MedsegError, match="body_mask must be one of fraction, log-otsu, got 'otsu'"):
         plan.replace(body_mask="otsu").validate()
+    with pytest.raises(MedsegError, match="coarse_size must be a multiple of 16 .* no larger than image_size 128, "
+                                          "got 100"):
+        plan.replace(coarse_share=0.5, coarse_size=100, image_size=128).validate()
+    with pytest.raises(MedsegError, match="got 160"):
+        plan.replace(coarse_share=0.5, coarse_size=160, image_size=128).validate()
+    plan.replace(coarse_share=0.5, coarse_size=96, image_size=128).validate()
+    plan.replace(coarse_share=0.0, coarse_size=100).validate()  # off: the size is not used
     assert Plan.from_dict({"version": 5}).body_mask == "fraction"  # a plan from before the setting: as then
 
 

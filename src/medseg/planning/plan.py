@@ -291,6 +291,10 @@ class Plan:
         if self.body_mask not in BODY_MASKS:
             raise MedsegError(None, f"body_mask must be one of {', '.join(BODY_MASKS)}, got {self.body_mask!r}")
         self._check_channel_fill()
+        levels = len((self.model_args or {}).get("features") or (0,) * 5) - 1
+        if self.coarse_share and (int(self.coarse_size) % 2 ** levels or self.coarse_size > self.image_size):
+            raise MedsegError(None, f"coarse_size must be a multiple of {2 ** levels} (this {levels + 1}-level "
+                                    f"U-Net) no larger than image_size {self.image_size}, got {self.coarse_size}")
         if (self.precision or "auto") not in PRECISIONS:
             raise MedsegError(None, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check_classes(self.classes)
