@@ -292,6 +292,9 @@ class Plan:
             raise MedsegError(None, f"body_mask must be one of {', '.join(BODY_MASKS)}, got {self.body_mask!r}")
         self._check_channel_fill()
         levels = len((self.model_args or {}).get("features") or (0,) * 5) - 1
+        if self.model == "unet" and int(self.image_size) % 2 ** levels:  # MONAI's UNet cannot join odd halves
+            raise MedsegError(None, f"image_size must be a multiple of {2 ** levels} for this {levels + 1}-level "
+                                    f"U-Net, got {self.image_size}")
         if self.coarse_share and (int(self.coarse_size) % 2 ** levels or self.coarse_size > self.image_size):
             raise MedsegError(None, f"coarse_size must be a multiple of {2 ** levels} (this {levels + 1}-level "
                                     f"U-Net) no larger than image_size {self.image_size}, got {self.coarse_size}")
