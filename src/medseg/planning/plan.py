@@ -246,11 +246,26 @@ class Plan:
     def patch(self) -> tuple[int, int, int]:
         """3D models: the D x H x W training patch; each side must pass the U-Net's downsamplings."""
         size = self.patch_size or list(DEFAULT_PATCH)
-        levels = len((self.model_args or {}).get("features") or (0,) * 5) - 1
+        levels = self._levels
         if len(size) != 3 or any(int(s) < 1 or int(s) % 2 ** levels for s in size):
             raise MedsegError(None, f"patch_size must be 3 sides (D, H, W), each a multiple of {2 ** levels} for "
                                     f"this {levels + 1}-level U-Net; got {size}")
         return tuple(int(s) for s in size)
+
+    @property
+    def _levels(self) -> int:
+        """The U-Net's downsamplings: sizes must be multiples of 2 ** this."""
+        return len((self.model_args or {}).get("features") or (0,) * 5) - 1
+
+    def _check_sizes(self) -> None:
+        """2D training sizes the default U-Net can halve `_levels` times (MONAI's UNet cannot join odd halves)."""
+        levels = self._levels
+        if self.model == "unet" and int(self.image_size) % 2 ** levels:
+            raise MedsegError(None, f"image_size must be a multiple of {2 ** levels} for this {levels + 1}-level "
+                                    f"U-Net, got {self.image_size}")
+        if self.coarse_share and (int(self.coarse_size) % 2 ** levels or self.coarse_size > self.image_size):
+            raise MedsegError(None, f"coarse_size must be a multiple of {2 ** levels} (this {levels + 1}-level "
+                                    f"U-Net) no larger than image_size {self.image_size}, got {self.coarse_size}")
 
     @property
     def multiclass(self) -> bool:
@@ -291,13 +306,7 @@ class Plan:
         if self.body_mask not in BODY_MASKS:
             raise MedsegError(None, f"body_mask must be one of {', '.join(BODY_MASKS)}, got {self.body_mask!r}")
         self._check_channel_fill()
-        levels = len((self.model_args or {}).get("features") or (0,) * 5) - 1
-        if self.model == "unet" and int(self.image_size) % 2 ** levels:  # MONAI's UNet cannot join odd halves
-            raise MedsegError(None, f"image_size must be a multiple of {2 ** levels} for this {levels + 1}-level "
-                                    f"U-Net, got {self.image_size}")
-        if self.coarse_share and (int(self.coarse_size) % 2 ** levels or self.coarse_size > self.image_size):
-            raise MedsegError(None, f"coarse_size must be a multiple of {2 ** levels} (this {levels + 1}-level "
-                                    f"U-Net) no larger than image_size {self.image_size}, got {self.coarse_size}")
+        self._check_sizes()
         if (self.precision or "auto") not in PRECISIONS:
             raise MedsegError(None, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check_classes(self.classes)
