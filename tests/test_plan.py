@@ -106,6 +106,9 @@ def test_plan_versions_and_keys(tmp_path):
     plan.replace(coarse_share=0.0, coarse_size=100).validate()  # off: the size is not used
     with pytest.raises(MedsegError, match="image_size must be a multiple of 16 for this 5-level U-Net, got 100"):
         plan.replace(image_size=100).validate()  # MONAI's UNet would fail at its first skip join
+    with pytest.raises(MedsegError, match="image_size must be a multiple of 16 for vgg16-unet"):
+        plan.replace(model="vgg16-unet", model_args={}, image_size=120).validate()
+    plan.replace(model="unet-milesial", model_args={}, image_size=100).validate()  # pads at its skips
     assert Plan.from_dict({"version": 5}).body_mask == "fraction"  # a plan from before the setting: as then
 
 

@@ -257,15 +257,24 @@ class Plan:
         """The U-Net's downsamplings: sizes must be multiples of 2 ** this."""
         return len((self.model_args or {}).get("features") or (0,) * 5) - 1
 
+    def _size_multiple(self) -> tuple[int, str]:
+        """What 2D training sizes must be a multiple of, and of which network. MONAI's UNet and the VGG16 U-Net
+        cannot join odd halves at their skips (found by a forward pass at 100 and 120 px); the milesial, Buda and
+        unet2d nets pad or crop there and take any size."""
+        if self.model == "unet":
+            return 2 ** self._levels, f"this {self._levels + 1}-level U-Net"
+        if self.model == "vgg16-unet":
+            return 16, "vgg16-unet (4 poolings before the bottleneck)"
+        return 1, self.model
+
     def _check_sizes(self) -> None:
-        """2D training sizes the default U-Net can halve `_levels` times (MONAI's UNet cannot join odd halves)."""
-        levels = self._levels
-        if self.model == "unet" and int(self.image_size) % 2 ** levels:
-            raise MedsegError(None, f"image_size must be a multiple of {2 ** levels} for this {levels + 1}-level "
-                                    f"U-Net, got {self.image_size}")
-        if self.coarse_share and (int(self.coarse_size) % 2 ** levels or self.coarse_size > self.image_size):
-            raise MedsegError(None, f"coarse_size must be a multiple of {2 ** levels} (this {levels + 1}-level "
-                                    f"U-Net) no larger than image_size {self.image_size}, got {self.coarse_size}")
+        """2D training sizes the network can halve to its bottleneck and join back."""
+        multiple, net = self._size_multiple()
+        if int(self.image_size) % multiple:
+            raise MedsegError(None, f"image_size must be a multiple of {multiple} for {net}, got {self.image_size}")
+        if self.coarse_share and (int(self.coarse_size) % multiple or self.coarse_size > self.image_size):
+            raise MedsegError(None, f"coarse_size must be a multiple of {multiple} ({net}) no larger than "
+                                    f"image_size {self.image_size}, got {self.coarse_size}")
 
     @property
     def multiclass(self) -> bool:
